@@ -13,6 +13,8 @@ KUBE_VERSION="${ATOLL_KUBE_VERSION:-1.20.2}"
 CACHE_ROOT="${ATOLL_TESTBED_CACHE:-$HOME/.cache/atoll/testbed}"
 BIN_DIR="$CACHE_ROOT/kubernetes-$KUBE_VERSION/bin"
 BUILD_DIR="$CACHE_ROOT/build-$KUBE_VERSION"
+# Bump when the recipe changes what gets built; a cache from another recipe is rebuilt.
+RECIPE="4: reflect2 1.0.2; OpenAPI type validators check only nil"
 
 log() { echo "[testbed] $*" >&2; }
 
@@ -26,8 +28,15 @@ for pair in go:golang-go rsync:rsync jq:jq dig:dnsutils dpkg-source:dpkg-dev; do
   command -v "$cmd" >/dev/null 2>&1 || need_packages+=("$pkg")
 done
 [ -x /usr/bin/etcd ] || need_packages+=(etcd-server)
+REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
+[ -f "$REFLECT2_SRC/reflect2.go" ] || need_packages+=(golang-github-modern-go-reflect2-dev)
 
-if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ] && [ ${#need_packages[@]} -eq 0 ]; then
+cached() {
+  [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ] &&
+    [ "$(cat "$BIN_DIR/RECIPE" 2>/dev/null)" = "$RECIPE" ]
+}
+
+if cached && [ ${#need_packages[@]} -eq 0 ]; then
   log "cached: $BIN_DIR"
   echo "$BIN_DIR"
   exit 0
@@ -49,7 +58,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   as_root systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
-if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kube-controller-manager" ]; then
+if cached; then
   log "cached: $BIN_DIR"
   echo "$BIN_DIR"
   exit 0
@@ -86,6 +95,32 @@ if [ ! -f "$SRC_TREE/Makefile" ]; then
   tar -xf "$orig" -C "$SRC_TREE" --strip-components=1
 fi
 
+# reflect2 1.0.1, vendored by Kubernetes 1.20, iterates maps through runtime internals that
+# changed in Go 1.18: with Debian 12's Go 1.19, kube-apiserver segfaults ("fatal error: fault"
+# in mapiterinit) when it decodes a custom resource. reflect2 1.0.2 is the upstream fix and is
+# API-compatible; Debian packages it.
+if ! cmp -s "$REFLECT2_SRC/reflect2.go" "$SRC_TREE/vendor/github.com/modern-go/reflect2/reflect2.go"; then
+  log "replacing vendored reflect2 1.0.1 with Debian's 1.0.2"
+  rm -rf "$SRC_TREE/vendor/github.com/modern-go/reflect2"
+  mkdir -p "$SRC_TREE/vendor/github.com/modern-go/reflect2"
+  find "$REFLECT2_SRC" -maxdepth 1 -type f -name '*.go' ! -name '*_test.go' \
+    -exec cp {} "$SRC_TREE/vendor/github.com/modern-go/reflect2/" \;
+fi
+
+# The OpenAPI type validator (go-openapi/validate, and kube-openapi's copy that the CRD
+# handler uses) treats a value as JSON null when
+# reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)) holds. Comparing the reflect.Value
+# structs was always false on the Go that Kubernetes 1.20 was released with, but since Go 1.19
+# reflect.Zero shares one zero buffer, so "", 0 and false in a custom resource are refused as
+# "must be of type string: null". Checking for nil alone restores 1.20's released behaviour.
+for type_go in "$SRC_TREE/vendor/github.com/go-openapi/validate/type.go" \
+  "$SRC_TREE/vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go"; do
+  if grep -q 'data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$type_go"; then
+    log "patching the null check of ${type_go#"$SRC_TREE/"} for Go 1.19"
+    sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$type_go"
+  fi
+done
+
 # GOPATH layout as debian/rules sets it up: .go/src/k8s.io/kubernetes -> tree.
 export GOPATH="$BUILD_DIR/.go"
 mkdir -p "$GOPATH/src/k8s.io"
@@ -105,6 +140,7 @@ out="$GOPATH/src/k8s.io/kubernetes/_output/local/bin/linux/$(go env GOARCH)"
 [ -d "$out" ] || out="$GOPATH/src/k8s.io/kubernetes/_output/bin"
 mkdir -p "$BIN_DIR.tmp"
 cp "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN_DIR.tmp/"
+echo "$RECIPE" > "$BIN_DIR.tmp/RECIPE"
 rm -rf "$BIN_DIR" && mv "$BIN_DIR.tmp" "$BIN_DIR"
 log "built: $BIN_DIR"
 echo "$BIN_DIR"

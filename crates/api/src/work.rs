@@ -131,12 +131,12 @@ pub struct SelectivelyOrphan {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResourceIdentifier {
     /// API group; empty for the core group.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub group: String,
     /// Plural resource name, such as `deployments`.
     pub resource: String,
     /// Namespace; empty for cluster-scoped resources.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// Name.
     pub name: String,

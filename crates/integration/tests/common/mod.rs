@@ -1,0 +1,186 @@
+//! Shared helpers for the integration tests.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use atoll_testbed::{Testbed, TestbedConfig};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::Value;
+
+/// One API server, no controller manager: enough for CRD tests.
+pub async fn start_one_cluster() -> Result<Testbed> {
+    Ok(Testbed::start(TestbedConfig {
+        clusters: 1,
+        controller_manager: false,
+        ..Default::default()
+    })
+    .await?)
+}
+
+/// Installs every Atoll CRD and waits until each is Established.
+///
+/// Create-or-replace rather than server-side apply: Kubernetes before 1.25 does not know
+/// `x-kubernetes-validations`, which its JSON decoding drops but server-side apply refuses.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in atoll_api::crds()? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let mut desired = crd.clone();
+                desired.metadata.resource_version = api.get(&name).await?.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &desired).await?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
+        }
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not Established within 30 s"))??;
+    }
+    Ok(())
+}
+
+pub async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.to_owned());
+    api.create(&PostParams::default(), &ns).await?;
+    Ok(())
+}
+
+/// Runs kubectl, failing with its stderr unless it succeeds; returns stdout.
+pub fn kubectl_ok(command: &mut Command) -> Result<String> {
+    let output = command.output().context("running kubectl")?;
+    if !output.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            command.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Runs kubectl with `input` on stdin.
+pub fn kubectl_stdin(command: &mut Command, input: &str) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(input.as_bytes())?;
+    Ok(child.wait_with_output()?)
+}
+
+/// An upstream YAML example from `tests/fixtures/upstream`.
+pub struct Fixture {
+    pub file: String,
+    pub path: PathBuf,
+    pub object: Value,
+}
+
+pub fn fixtures() -> Result<Vec<Fixture>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upstream");
+    let mut fixtures = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let object: Value = serde_saphyr::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("parsing {file}"))?;
+        fixtures.push(Fixture { file, path, object });
+    }
+    fixtures.sort_by(|a, b| a.file.cmp(&b.file));
+    ensure!(
+        fixtures.len() >= 5,
+        "fixtures missing from {}",
+        dir.display()
+    );
+    Ok(fixtures)
+}
+
+impl Fixture {
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.object.clone())
+            .with_context(|| format!("{} does not parse as Atoll's type", self.file))
+    }
+
+    pub fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+
+    pub fn name(&self) -> String {
+        self.object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.object["metadata"]["namespace"].as_str()
+    }
+
+    pub fn gvk(&self) -> Result<GroupVersionKind> {
+        let api_version = self.object["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version
+            .split_once('/')
+            .with_context(|| format!("{}: apiVersion {api_version:?}", self.file))?;
+        Ok(GroupVersionKind::gvk(group, version, self.kind()))
+    }
+
+    /// The plural, from Atoll's own CRD for the kind.
+    pub fn plural(&self) -> String {
+        atoll_api::crds()
+            .ok()
+            .into_iter()
+            .flatten()
+            .find(|c| c.spec.names.kind == self.kind())
+            .map(|c| c.spec.names.plural)
+            .unwrap_or_default()
+    }
+
+    /// `plural.version.group/name`, which pins kubectl to the example's own version.
+    pub fn resource_arg(&self) -> String {
+        let gvk = self
+            .gvk()
+            .unwrap_or_else(|_| GroupVersionKind::gvk("", "", ""));
+        format!(
+            "{}.{}.{}/{}",
+            self.plural(),
+            gvk.version,
+            gvk.group,
+            self.name()
+        )
+    }
+
+    /// The columns `kubectl get` must show for this kind.
+    pub fn expected_columns(&self) -> &'static [&'static str] {
+        match self.kind() {
+            "ClusterProperty" => &["VALUE", "AGE"],
+            "ClusterProfile" => &["DISPLAY NAME", "MANAGER", "JOINED", "HEALTHY", "VERSION"],
+            "Work" => &["APPLIED", "AVAILABLE", "AGE"],
+            "ServiceImport" => &["TYPE", "IP", "AGE"],
+            "ServiceExport" => &["VALID", "READY", "CONFLICT", "AGE"],
+            _ => &["NAME"],
+        }
+    }
+}
