@@ -1,8 +1,8 @@
 //! `atoll`: the one binary. Each subcommand is a thin shell over a library crate.
 
-use std::path::PathBuf;
+mod cmd;
+mod hub;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -22,11 +22,11 @@ enum Command {
     ///
     /// Pipe it to `kubectl apply -f -` to install Atoll's kinds in any cluster, or use
     /// `--output-dir` to write one file per CRD.
-    Crds {
-        /// Write one `<group>_<plural>.yaml` per CRD into this directory instead of printing.
-        #[arg(long, value_name = "DIR")]
-        output_dir: Option<PathBuf>,
-    },
+    Crds(cmd::crds::Args),
+    /// Join a member cluster to the hub in push mode.
+    Join(cmd::join::JoinArgs),
+    /// Remove a member cluster: everything Atoll created in it and on the hub.
+    Unjoin(cmd::join::UnjoinArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,21 +39,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds { output_dir } => crds(output_dir),
+        Command::Crds(args) => cmd::crds::run(args),
+        Command::Join(args) => runtime()?.block_on(cmd::join::join(args)),
+        Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
     }
 }
 
-fn crds(output_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    let Some(dir) = output_dir else {
-        print!("{}", atoll_api::crds_yaml()?);
-        return Ok(());
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    for crd in atoll_api::crds()? {
-        let path = dir.join(atoll_api::crd::file_name(&crd));
-        std::fs::write(&path, atoll_api::crd::to_yaml(&crd)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

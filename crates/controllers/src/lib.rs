@@ -1,4 +1,16 @@
-//! Hub-side controllers: cluster inventory (join, health, taints), Work distribution in push
-//! mode, and MCS aggregation.
+//! Hub-side controllers and the operations that set them up.
 //!
-//! Status: empty. The controllers land with issues #4, #5 and #6.
+//! - [`inventory`]: registration of member clusters in push mode (`join`, `unjoin`): the
+//!   cluster's namespace and credentials on the hub, its ClusterProfile, and the least-privilege
+//!   footprint Atoll keeps in the member (the About API and one identity).
+//! - [`kubeutil`]: idempotent writes shared by every controller.
+//!
+//! Invariants:
+//! - Every write is safe to repeat: create-or-keep, never blind create.
+//! - Atoll deletes only what it created: objects it creates carry [`kubeutil::MANAGED_BY`].
+//! - Talks to clusters only through kube clients, so it works against any Kubernetes hub.
+//!
+//! Must not depend on: the hub API server, the store, the agent, DNS.
+
+pub mod inventory;
+pub mod kubeutil;

@@ -1,0 +1,123 @@
+//! `atoll join` and `atoll unjoin`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE};
+use kube::config::Kubeconfig;
+
+use crate::hub::HubArgs;
+
+#[derive(clap::Args)]
+pub struct JoinArgs {
+    /// The cluster's name on the hub.
+    name: String,
+    /// The member cluster's kubeconfig.
+    #[arg(long, value_name = "FILE")]
+    cluster_kubeconfig: PathBuf,
+    /// The context in the member's kubeconfig.
+    #[arg(long, value_name = "CONTEXT")]
+    cluster_context: Option<String>,
+    /// Labels for the ClusterProfile, as k=v,k=v.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The ClusterSet to join.
+    #[arg(long, value_name = "SET", default_value = "default")]
+    clusterset: String,
+    /// The cluster ID (cluster.clusterset.k8s.io); the UID of the member's kube-system
+    /// namespace when unset.
+    #[arg(long, value_name = "ID")]
+    cluster_id: Option<String>,
+    /// Hub namespace that holds ClusterProfiles.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+#[derive(clap::Args)]
+pub struct UnjoinArgs {
+    /// The cluster's name on the hub.
+    name: String,
+    /// Clean the hub even when the member cannot be reached.
+    #[arg(long)]
+    force: bool,
+    /// Hub namespace that holds ClusterProfiles.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => bail!("label {pair:?} is not k=v"),
+        })
+        .collect()
+}
+
+pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    let member_kubeconfig = Kubeconfig::read_from(&args.cluster_kubeconfig).with_context(|| {
+        format!(
+            "reading member kubeconfig {}",
+            args.cluster_kubeconfig.display()
+        )
+    })?;
+    let options = inventory::JoinOptions {
+        name: args.name.clone(),
+        member_kubeconfig,
+        member_context: args.cluster_context,
+        labels: parse_labels(&args.labels)?,
+        cluster_set: args.clusterset,
+        cluster_id: args.cluster_id,
+        manager_namespace: args.manager_namespace,
+        token_timeout: Duration::from_secs(60),
+    };
+    eprintln!("joining {} ...", args.name);
+    let joined = inventory::join(&hub, &options).await?;
+    println!(
+        "cluster {} {} (cluster ID {}, Kubernetes {}); its hub namespace is {}",
+        args.name,
+        if joined.created {
+            "joined"
+        } else {
+            "was already joined; completed"
+        },
+        joined.cluster_id,
+        joined.kubernetes_version,
+        joined.namespace
+    );
+    Ok(())
+}
+
+pub async fn unjoin(args: UnjoinArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    let unjoined = inventory::unjoin(
+        &hub,
+        &inventory::UnjoinOptions {
+            name: args.name.clone(),
+            manager_namespace: args.manager_namespace,
+            force: args.force,
+        },
+    )
+    .await?;
+    if unjoined.member_cleaned {
+        println!(
+            "cluster {} unjoined; nothing of Atoll's is left in it",
+            args.name
+        );
+    } else {
+        println!(
+            "cluster {} removed from the hub; the member could not be cleaned",
+            args.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,924 @@
+//! Push-mode join and unjoin.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atoll_api::about::{
+    CLUSTER_ID_PROPERTY, CLUSTER_SET_PROPERTY, ClusterProperty, ClusterPropertySpec,
+    InvalidClusterId, validate_cluster_id,
+};
+use atoll_api::cluster_profile::{
+    ATOLL_CLUSTER_MANAGER, AccessProvider, CONDITION_JOINED, ClusterManager, ClusterProfile,
+    ClusterProfileSpec, ClusterProfileStatus, ClusterVersion, KubeconfigCluster,
+    LABEL_CLUSTER_MANAGER, Property,
+};
+use atoll_api::conditions;
+use base64::Engine;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions as wait_conditions};
+use kube::{Client, Config, CustomResourceExt};
+use tracing::{info, warn};
+
+use super::names::*;
+use crate::kubeutil::{self, Ensured, delete_if_exists, ensure, is_managed, is_managed_meta};
+
+/// Why a join or unjoin failed. Messages say what to do; none carries a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The cluster name cannot name a ClusterProfile and a namespace.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The member's kubeconfig could not be read or has no usable context.
+    #[error("the member kubeconfig is not usable: {0}")]
+    MemberKubeconfig(String),
+    /// The member's API server did not answer.
+    #[error(
+        "cannot reach the member's API server at {server}: {source}. Check that it is reachable from here and that the kubeconfig's CA matches the server's certificate"
+    )]
+    MemberUnreachable {
+        /// The URL tried.
+        server: String,
+        /// What happened.
+        source: kube::Error,
+    },
+    /// The member's cluster ID is not acceptable.
+    #[error("{0}; pass a valid --cluster-id")]
+    InvalidClusterId(#[from] InvalidClusterId),
+    /// A different cluster already uses this name.
+    #[error(
+        "a cluster named {name:?} is already joined with cluster ID {existing_id:?}, but this member's ID is {id:?}; choose another name or unjoin the other cluster first"
+    )]
+    NameCollision {
+        /// The name.
+        name: String,
+        /// The ID of the cluster that has it.
+        existing_id: String,
+        /// The ID of the member being joined.
+        id: String,
+    },
+    /// Another joined cluster has the same cluster ID.
+    #[error(
+        "cluster ID {id:?} is already used by joined cluster {existing_cluster:?}; cluster IDs must be unique within the ClusterSet (use --cluster-id)"
+    )]
+    DuplicateClusterId {
+        /// The ID.
+        id: String,
+        /// The cluster that has it.
+        existing_cluster: String,
+    },
+    /// The member belongs to another ClusterSet.
+    #[error(
+        "the member is already in ClusterSet {existing:?} (its clusterset.k8s.io ClusterProperty says so), not {wanted:?}; unjoin it from that ClusterSet first"
+    )]
+    OtherClusterSet {
+        /// The member's ClusterSet.
+        existing: String,
+        /// The ClusterSet asked for.
+        wanted: String,
+    },
+    /// The member did not issue a token for Atoll's identity.
+    #[error(
+        "the member did not issue a token for {MEMBER_NAMESPACE}/{MEMBER_SERVICE_ACCOUNT} within {0:?}; is its controller manager (token controller) running?"
+    )]
+    TokenTimeout(Duration),
+    /// The cluster is not joined.
+    #[error("no cluster named {name:?} is joined (no ClusterProfile {namespace}/{name})")]
+    NotJoined {
+        /// The name.
+        name: String,
+        /// The manager namespace searched.
+        namespace: String,
+    },
+    /// A request to the member failed.
+    #[error("member: {action}: {source}")]
+    Member {
+        /// What was being done.
+        action: String,
+        /// What happened.
+        source: kube::Error,
+    },
+    /// A request to the hub failed.
+    #[error("hub: {action}: {source}")]
+    Hub {
+        /// What was being done.
+        action: String,
+        /// What happened.
+        source: kube::Error,
+    },
+}
+
+fn on_member(action: impl Into<String>) -> impl FnOnce(kube::Error) -> JoinError {
+    let action = action.into();
+    move |source| JoinError::Member { action, source }
+}
+
+fn on_hub(action: impl Into<String>) -> impl FnOnce(kube::Error) -> JoinError {
+    let action = action.into();
+    move |source| JoinError::Hub { action, source }
+}
+
+/// What `atoll join` was asked to do.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// The cluster's name on the hub.
+    pub name: String,
+    /// The member's kubeconfig.
+    pub member_kubeconfig: Kubeconfig,
+    /// The context to use; the kubeconfig's current context when unset.
+    pub member_context: Option<String>,
+    /// Labels for the ClusterProfile.
+    pub labels: BTreeMap<String, String>,
+    /// The ClusterSet to join.
+    pub cluster_set: String,
+    /// The cluster ID; the UID of the member's kube-system namespace when unset.
+    pub cluster_id: Option<String>,
+    /// Hub namespace holding ClusterProfiles.
+    pub manager_namespace: String,
+    /// How long to wait for the member to issue a token.
+    pub token_timeout: Duration,
+}
+
+/// The result of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The cluster ID recorded.
+    pub cluster_id: String,
+    /// The member's Kubernetes version.
+    pub kubernetes_version: String,
+    /// The hub namespace of the cluster.
+    pub namespace: String,
+    /// Whether this call created the ClusterProfile (false when re-joining).
+    pub created: bool,
+}
+
+/// Something a join created, to be removed if the join fails.
+#[derive(Debug)]
+enum Undo {
+    MemberCrd(String),
+    MemberClusterProperty(String),
+    MemberNamespace,
+    MemberClusterRole,
+    MemberClusterRoleBinding,
+    HubNamespace(String),
+    HubProfile,
+}
+
+/// Joins a member cluster to the hub in push mode. Safe to repeat: joining a joined cluster
+/// again completes anything missing and changes nothing else. On failure, everything this call
+/// created is removed again.
+pub async fn join(hub: &Client, options: &JoinOptions) -> Result<Joined, JoinError> {
+    validate_cluster_name(&options.name).map_err(JoinError::InvalidName)?;
+    let (member, member_config) =
+        member_client(&options.member_kubeconfig, options.member_context.clone()).await?;
+    let server = member_config.cluster_url.to_string();
+    let version =
+        member
+            .apiserver_version()
+            .await
+            .map_err(|source| JoinError::MemberUnreachable {
+                server: server.clone(),
+                source,
+            })?;
+    let cluster_id = match &options.cluster_id {
+        Some(id) => id.clone(),
+        None => kube_system_uid(&member).await?,
+    };
+    validate_cluster_id(&cluster_id)?;
+    check_collisions(hub, options, &cluster_id).await?;
+
+    let mut undo = Vec::new();
+    let result = join_steps(hub, &member, options, &cluster_id, &server, &mut undo).await;
+    match result {
+        Ok(created) => Ok(Joined {
+            cluster_id,
+            kubernetes_version: version.git_version,
+            namespace: cluster_namespace(&options.name),
+            created,
+        }),
+        Err(error) => {
+            warn!(cluster = %options.name, %error, "join failed; removing what it created");
+            rollback(hub, &member, options, undo).await;
+            Err(error)
+        }
+    }
+}
+
+async fn join_steps(
+    hub: &Client,
+    member: &Client,
+    options: &JoinOptions,
+    cluster_id: &str,
+    server: &str,
+    undo: &mut Vec<Undo>,
+) -> Result<bool, JoinError> {
+    // Member: the About API, then membership, then the hub's identity.
+    install_cluster_property_crd(member, undo).await?;
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    match kubeutil::get_opt(&properties, CLUSTER_SET_PROPERTY)
+        .await
+        .map_err(on_member("reading the clusterset.k8s.io ClusterProperty"))?
+    {
+        Some(existing) if existing.spec.value != options.cluster_set => {
+            return Err(JoinError::OtherClusterSet {
+                existing: existing.spec.value,
+                wanted: options.cluster_set.clone(),
+            });
+        }
+        _ => {}
+    }
+    for (name, value) in [
+        (CLUSTER_ID_PROPERTY, cluster_id),
+        (CLUSTER_SET_PROPERTY, options.cluster_set.as_str()),
+    ] {
+        let mut property = ClusterProperty::new(
+            name,
+            ClusterPropertySpec {
+                value: value.to_owned(),
+            },
+        );
+        kubeutil::mark_managed(&mut property, &BTreeMap::new());
+        let (stored, ensured) = ensure(&properties, &property)
+            .await
+            .map_err(on_member(format!("creating ClusterProperty {name}")))?;
+        if ensured == Ensured::Created {
+            undo.push(Undo::MemberClusterProperty(name.to_owned()));
+        } else if stored.spec.value != value {
+            // An ID set by the member's own operators wins unless --cluster-id says otherwise;
+            // check_collisions has already vetted the ID we use.
+            warn!(property = name, existing = %stored.spec.value, wanted = %value,
+                "the member already has this ClusterProperty with another value; keeping it");
+        }
+    }
+    let token = install_member_identity(member, options.token_timeout, undo).await?;
+
+    // Hub: the cluster's namespace, its credentials, its profile.
+    let cluster_labels = BTreeMap::from([(LABEL_CLUSTER_NAME.to_owned(), options.name.clone())]);
+    let namespace = cluster_namespace(&options.name);
+    let mut ns = named::<Namespace>(&namespace, None);
+    kubeutil::mark_managed(&mut ns, &cluster_labels);
+    let (_, ensured) = ensure(&Api::<Namespace>::all(hub.clone()), &ns)
+        .await
+        .map_err(on_hub(format!("creating namespace {namespace}")))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::HubNamespace(namespace.clone()));
+    }
+    let manager_ns = named::<Namespace>(&options.manager_namespace, None);
+    ensure(&Api::<Namespace>::all(hub.clone()), &manager_ns)
+        .await
+        .map_err(on_hub(format!(
+            "creating namespace {}",
+            options.manager_namespace
+        )))?;
+
+    let ca_data = member_ca_data(options, &token)?;
+    let kubeconfig = member_kubeconfig_yaml(&options.name, server, &ca_data, &token.token)?;
+    let mut secret = named::<Secret>(MEMBER_KUBECONFIG_SECRET, Some(&namespace));
+    kubeutil::mark_managed(&mut secret, &cluster_labels);
+    secret.type_ = Some("Opaque".into());
+    secret.data = Some(BTreeMap::from([(
+        MEMBER_KUBECONFIG_KEY.to_owned(),
+        ByteString(kubeconfig.into_bytes()),
+    )]));
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), &namespace);
+    secrets
+        .patch(
+            MEMBER_KUBECONFIG_SECRET,
+            &PatchParams::apply(ATOLL_CLUSTER_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(on_hub("storing the member's credentials"))?;
+
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &options.manager_namespace);
+    let mut profile = ClusterProfile::new(
+        &options.name,
+        ClusterProfileSpec {
+            display_name: Some(options.name.clone()),
+            cluster_manager: ClusterManager {
+                name: ATOLL_CLUSTER_MANAGER.to_owned(),
+            },
+        },
+    );
+    let mut labels = options.labels.clone();
+    labels.insert(
+        LABEL_CLUSTER_MANAGER.to_owned(),
+        ATOLL_CLUSTER_MANAGER.to_owned(),
+    );
+    labels.extend(cluster_labels);
+    kubeutil::mark_managed(&mut profile, &labels);
+    let (stored, ensured) = ensure(&profiles, &profile)
+        .await
+        .map_err(on_hub("creating the ClusterProfile"))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::HubProfile);
+    }
+
+    let version = member
+        .apiserver_version()
+        .await
+        .map_err(on_member("reading /version"))?;
+    let now = Time(Timestamp::now());
+    let mut status = stored.status.unwrap_or_default();
+    conditions::set(
+        &mut status.conditions,
+        conditions::condition(
+            CONDITION_JOINED,
+            conditions::TRUE,
+            "Joined",
+            format!("joined in push mode as cluster ID {cluster_id}"),
+            stored.metadata.generation,
+            now.clone(),
+        ),
+    );
+    let status = ClusterProfileStatus {
+        version: Some(ClusterVersion {
+            kubernetes: Some(version.git_version),
+        }),
+        access_providers: vec![AccessProvider {
+            name: ACCESS_PROVIDER.to_owned(),
+            cluster: Some(KubeconfigCluster {
+                server: server.to_owned(),
+                certificate_authority_data: Some(ca_data),
+                ..Default::default()
+            }),
+        }],
+        properties: upsert_properties(
+            status.properties,
+            [
+                (CLUSTER_ID_PROPERTY, cluster_id),
+                (CLUSTER_SET_PROPERTY, options.cluster_set.as_str()),
+            ],
+            &now,
+        ),
+        ..status
+    };
+    profiles
+        .patch_status(
+            &options.name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .map_err(on_hub("writing the ClusterProfile status"))?;
+    info!(cluster = %options.name, %cluster_id, "joined");
+    Ok(ensured == Ensured::Created)
+}
+
+fn upsert_properties<'a>(
+    mut properties: Vec<Property>,
+    values: impl IntoIterator<Item = (&'a str, &'a str)>,
+    now: &Time,
+) -> Vec<Property> {
+    for (name, value) in values {
+        properties.retain(|p| p.name != name);
+        properties.push(Property {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            last_observed_time: Some(now.clone()),
+        });
+    }
+    properties.sort_by(|a, b| a.name.cmp(&b.name));
+    properties
+}
+
+async fn member_client(
+    kubeconfig: &Kubeconfig,
+    context: Option<String>,
+) -> Result<(Client, Config), JoinError> {
+    let config = Config::from_custom_kubeconfig(
+        kubeconfig.clone(),
+        &KubeConfigOptions {
+            context,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
+    let client =
+        Client::try_from(config.clone()).map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
+    Ok((client, config))
+}
+
+async fn kube_system_uid(member: &Client) -> Result<String, JoinError> {
+    let ns = Api::<Namespace>::all(member.clone())
+        .get("kube-system")
+        .await
+        .map_err(on_member(
+            "reading namespace kube-system for the cluster ID",
+        ))?;
+    ns.metadata
+        .uid
+        .ok_or_else(|| JoinError::MemberKubeconfig("kube-system has no uid".into()))
+}
+
+async fn check_collisions(
+    hub: &Client,
+    options: &JoinOptions,
+    cluster_id: &str,
+) -> Result<(), JoinError> {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &options.manager_namespace);
+    let all = match profiles.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(e) => return Err(on_hub("listing ClusterProfiles")(e)),
+    };
+    for profile in all {
+        let Some(existing_id) = profile_cluster_id(&profile) else {
+            continue;
+        };
+        let name = profile.metadata.name.clone().unwrap_or_default();
+        if name == options.name && existing_id != cluster_id {
+            return Err(JoinError::NameCollision {
+                name,
+                existing_id,
+                id: cluster_id.to_owned(),
+            });
+        }
+        if name != options.name && existing_id == cluster_id {
+            return Err(JoinError::DuplicateClusterId {
+                id: existing_id,
+                existing_cluster: name,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The cluster ID a profile records.
+pub fn profile_cluster_id(profile: &ClusterProfile) -> Option<String> {
+    profile
+        .status
+        .as_ref()?
+        .properties
+        .iter()
+        .find(|p| p.name == CLUSTER_ID_PROPERTY)
+        .map(|p| p.value.clone())
+}
+
+async fn install_cluster_property_crd(
+    member: &Client,
+    undo: &mut Vec<Undo>,
+) -> Result<(), JoinError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
+    let Some(mut crd) = atoll_api::crds()
+        .ok()
+        .into_iter()
+        .flatten()
+        .find(|c| c.spec.names.kind == ClusterProperty::crd().spec.names.kind)
+    else {
+        return Err(JoinError::MemberKubeconfig(
+            "internal: no ClusterProperty CRD".into(),
+        ));
+    };
+    kubeutil::mark_managed(&mut crd, &BTreeMap::new());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    // Create, never replace: a ClusterProperty CRD the member already has (from another
+    // implementation of the About API) is used as it is.
+    let (_, ensured) = ensure(&crds, &crd)
+        .await
+        .map_err(on_member("installing the ClusterProperty CRD"))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::MemberCrd(name.clone()));
+    }
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(crds, &name, wait_conditions::is_crd_established()),
+    )
+    .await
+    .map_err(|_| {
+        JoinError::MemberKubeconfig(format!("the member did not establish CRD {name} in 30 s"))
+    })?
+    .map_err(|e| JoinError::MemberKubeconfig(format!("waiting for CRD {name}: {e}")))?;
+    Ok(())
+}
+
+/// The hub's credential in the member.
+struct MemberToken {
+    token: String,
+    ca_crt: Option<Vec<u8>>,
+}
+
+async fn install_member_identity(
+    member: &Client,
+    timeout: Duration,
+    undo: &mut Vec<Undo>,
+) -> Result<MemberToken, JoinError> {
+    // The ClusterRole comes first and owns the other objects Atoll creates here, so that the
+    // hub's identity can remove all of them at unjoin by deleting the role alone (the member's
+    // garbage collector does the rest) without holding any wider permission.
+    let mut role = named::<ClusterRole>(MEMBER_CLUSTER_ROLE, None);
+    kubeutil::mark_managed(&mut role, &BTreeMap::new());
+    role.rules = Some(member_rules());
+    let roles: Api<ClusterRole> = Api::all(member.clone());
+    let (role, ensured) = ensure(&roles, &role)
+        .await
+        .map_err(on_member("creating Atoll's ClusterRole"))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::MemberClusterRole);
+    }
+    let owner = OwnerReference {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRole".into(),
+        name: MEMBER_CLUSTER_ROLE.into(),
+        uid: role.metadata.uid.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let owned = |object: &mut ObjectMeta| {
+        if is_managed_meta(&role.metadata) {
+            object.owner_references = Some(vec![owner.clone()]);
+        }
+    };
+
+    let mut ns = named::<Namespace>(MEMBER_NAMESPACE, None);
+    kubeutil::mark_managed(&mut ns, &BTreeMap::new());
+    owned(&mut ns.metadata);
+    let (_, ensured) = ensure(&Api::<Namespace>::all(member.clone()), &ns)
+        .await
+        .map_err(on_member(format!("creating namespace {MEMBER_NAMESPACE}")))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::MemberNamespace);
+    }
+
+    let mut sa = named::<ServiceAccount>(MEMBER_SERVICE_ACCOUNT, Some(MEMBER_NAMESPACE));
+    kubeutil::mark_managed(&mut sa, &BTreeMap::new());
+    ensure(&Api::namespaced(member.clone(), MEMBER_NAMESPACE), &sa)
+        .await
+        .map_err(on_member("creating Atoll's service account"))?;
+
+    let mut binding = named::<ClusterRoleBinding>(MEMBER_CLUSTER_ROLE, None);
+    kubeutil::mark_managed(&mut binding, &BTreeMap::new());
+    owned(&mut binding.metadata);
+    binding.role_ref = RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: MEMBER_CLUSTER_ROLE.into(),
+    };
+    binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: MEMBER_SERVICE_ACCOUNT.into(),
+        namespace: Some(MEMBER_NAMESPACE.into()),
+        ..Default::default()
+    }]);
+    let (_, ensured) = ensure(&Api::<ClusterRoleBinding>::all(member.clone()), &binding)
+        .await
+        .map_err(on_member("creating Atoll's ClusterRoleBinding"))?;
+    if ensured == Ensured::Created {
+        undo.push(Undo::MemberClusterRoleBinding);
+    }
+
+    // A token Secret works on every Kubernetes version: before 1.24 the token controller also
+    // creates one on its own, after 1.24 only on request like this.
+    let mut secret = named::<Secret>(MEMBER_TOKEN_SECRET, Some(MEMBER_NAMESPACE));
+    kubeutil::mark_managed(&mut secret, &BTreeMap::new());
+    secret.type_ = Some("kubernetes.io/service-account-token".into());
+    secret.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/service-account.name".to_owned(),
+        MEMBER_SERVICE_ACCOUNT.to_owned(),
+    )]));
+    let secrets: Api<Secret> = Api::namespaced(member.clone(), MEMBER_NAMESPACE);
+    ensure(&secrets, &secret)
+        .await
+        .map_err(on_member("requesting a token for Atoll's service account"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let secret = secrets
+            .get(MEMBER_TOKEN_SECRET)
+            .await
+            .map_err(on_member("reading the token"))?;
+        let data = secret.data.unwrap_or_default();
+        if let Some(token) = data.get("token") {
+            return Ok(MemberToken {
+                token: String::from_utf8_lossy(&token.0).into_owned(),
+                ca_crt: data.get("ca.crt").map(|c| c.0.clone()),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JoinError::TokenTimeout(timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What Atoll's identity may do in a member: maintain the About API, read health, and remove
+/// the objects Atoll created there (each by name) when the cluster is unjoined.
+fn member_rules() -> Vec<PolicyRule> {
+    let rule = |group: &str, resource: &str, names: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(vec![resource.to_owned()]),
+        resource_names: (!names.is_empty())
+            .then(|| names.iter().map(|n| (*n).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..Default::default()
+    };
+    let crd_name = ClusterProperty::crd().metadata.name.unwrap_or_default();
+    vec![
+        rule(
+            atoll_api::about::GROUP,
+            "clusterproperties",
+            &[],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete",
+            ],
+        ),
+        rule(
+            "",
+            "namespaces",
+            &["kube-system", MEMBER_NAMESPACE],
+            &["get"],
+        ),
+        rule(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            &[&crd_name],
+            &["get", "delete"],
+        ),
+        rule(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            &[MEMBER_CLUSTER_ROLE],
+            &["get", "delete"],
+        ),
+        rule(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            &[MEMBER_CLUSTER_ROLE],
+            &["get"],
+        ),
+        PolicyRule {
+            non_resource_urls: Some(
+                ["/version", "/readyz", "/healthz", "/livez"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        },
+    ]
+}
+
+fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, JoinError> {
+    let kubeconfig = &options.member_kubeconfig;
+    let context_name = options
+        .member_context
+        .clone()
+        .or_else(|| kubeconfig.current_context.clone());
+    let cluster_name = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == context_name.as_ref())
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = kubeconfig
+        .clusters
+        .iter()
+        .find(|c| Some(&c.name) == cluster_name.as_ref())
+        .and_then(|c| c.cluster.as_ref());
+    if let Some(data) = cluster.and_then(|c| c.certificate_authority_data.clone()) {
+        return Ok(data);
+    }
+    if let Some(path) = cluster.and_then(|c| c.certificate_authority.clone()) {
+        let pem = std::fs::read(&path).map_err(|e| {
+            JoinError::MemberKubeconfig(format!("reading certificate-authority {path}: {e}"))
+        })?;
+        return Ok(base64::engine::general_purpose::STANDARD.encode(pem));
+    }
+    match &token.ca_crt {
+        Some(pem) => Ok(base64::engine::general_purpose::STANDARD.encode(pem)),
+        None => Err(JoinError::MemberKubeconfig(
+            "neither the kubeconfig nor the member's token Secret gives a CA".into(),
+        )),
+    }
+}
+
+fn member_kubeconfig_yaml(
+    cluster: &str,
+    server: &str,
+    ca_data: &str,
+    token: &str,
+) -> Result<String, JoinError> {
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": MEMBER_SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": MEMBER_SERVICE_ACCOUNT}}],
+        "current-context": cluster,
+    });
+    serde_saphyr::to_string(&kubeconfig)
+        .map_err(|e| JoinError::MemberKubeconfig(format!("writing the member kubeconfig: {e}")))
+}
+
+fn named<K: kube::Resource + Default>(name: &str, namespace: Option<&str>) -> K {
+    let mut object = K::default();
+    *object.meta_mut() = ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        ..Default::default()
+    };
+    object
+}
+
+async fn rollback(hub: &Client, member: &Client, options: &JoinOptions, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let result = match &step {
+            Undo::MemberCrd(name) => {
+                delete_if_exists(&Api::<CustomResourceDefinition>::all(member.clone()), name).await
+            }
+            Undo::MemberClusterProperty(name) => {
+                delete_if_exists(&Api::<ClusterProperty>::all(member.clone()), name).await
+            }
+            Undo::MemberNamespace => {
+                delete_if_exists(&Api::<Namespace>::all(member.clone()), MEMBER_NAMESPACE).await
+            }
+            Undo::MemberClusterRole => {
+                delete_if_exists(
+                    &Api::<ClusterRole>::all(member.clone()),
+                    MEMBER_CLUSTER_ROLE,
+                )
+                .await
+            }
+            Undo::MemberClusterRoleBinding => {
+                delete_if_exists(
+                    &Api::<ClusterRoleBinding>::all(member.clone()),
+                    MEMBER_CLUSTER_ROLE,
+                )
+                .await
+            }
+            Undo::HubNamespace(name) => {
+                delete_if_exists(&Api::<Namespace>::all(hub.clone()), name).await
+            }
+            Undo::HubProfile => {
+                delete_if_exists(
+                    &Api::<ClusterProfile>::namespaced(hub.clone(), &options.manager_namespace),
+                    &options.name,
+                )
+                .await
+            }
+        };
+        if let Err(error) = result {
+            warn!(?step, %error, "could not undo a step of the failed join");
+        }
+    }
+}
+
+/// What `atoll unjoin` was asked to do.
+#[derive(Debug, Clone)]
+pub struct UnjoinOptions {
+    /// The cluster's name on the hub.
+    pub name: String,
+    /// Hub namespace holding ClusterProfiles.
+    pub manager_namespace: String,
+    /// Clean the hub even when the member cannot be reached (its objects are then left).
+    pub force: bool,
+}
+
+/// The result of an unjoin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unjoined {
+    /// Whether the member was cleaned (false only under `force` with the member unreachable).
+    pub member_cleaned: bool,
+}
+
+/// Removes a cluster: everything Atoll created in the member (its identity, the ClusterSet
+/// membership, ClusterProperties and the CRD it installed) and on the hub (the cluster's
+/// namespace with its credentials, and the ClusterProfile). Objects Atoll did not create are
+/// left alone. Safe to repeat until it succeeds.
+pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, JoinError> {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &options.manager_namespace);
+    let namespace = cluster_namespace(&options.name);
+    let profile = kubeutil::get_opt(&profiles, &options.name)
+        .await
+        .map_err(on_hub("reading the ClusterProfile"))?;
+    let hub_ns = kubeutil::get_opt(&Api::<Namespace>::all(hub.clone()), &namespace)
+        .await
+        .map_err(on_hub("reading the cluster namespace"))?;
+    if profile.is_none() && hub_ns.is_none() {
+        return Err(JoinError::NotJoined {
+            name: options.name.clone(),
+            namespace: options.manager_namespace.clone(),
+        });
+    }
+
+    let member_cleaned = match member_from_secret(hub, &namespace).await {
+        Ok(Some(member)) => match clean_member(&member).await {
+            Ok(()) => true,
+            Err(error) if options.force => {
+                warn!(%error, "the member could not be cleaned; --force cleans the hub anyway");
+                false
+            }
+            Err(error) => return Err(error),
+        },
+        Ok(None) => false,
+        Err(error) if options.force => {
+            warn!(%error, "no usable member credentials; --force cleans the hub anyway");
+            false
+        }
+        Err(error) => return Err(error),
+    };
+
+    if profile.as_ref().is_some_and(is_managed) {
+        delete_if_exists(&profiles, &options.name)
+            .await
+            .map_err(on_hub("deleting the ClusterProfile"))?;
+    }
+    if hub_ns.as_ref().is_some_and(is_managed) {
+        delete_if_exists(&Api::<Namespace>::all(hub.clone()), &namespace)
+            .await
+            .map_err(on_hub("deleting the cluster namespace"))?;
+    }
+    info!(cluster = %options.name, member_cleaned, "unjoined");
+    Ok(Unjoined { member_cleaned })
+}
+
+/// A client for the member, from the credentials stored at join.
+pub async fn member_from_secret(
+    hub: &Client,
+    cluster_namespace: &str,
+) -> Result<Option<Client>, JoinError> {
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), cluster_namespace);
+    let Some(secret) = kubeutil::get_opt(&secrets, MEMBER_KUBECONFIG_SECRET)
+        .await
+        .map_err(on_hub("reading the member's credentials"))?
+    else {
+        return Ok(None);
+    };
+    let bytes = secret
+        .data
+        .and_then(|mut d| d.remove(MEMBER_KUBECONFIG_KEY))
+        .map(|b| b.0)
+        .unwrap_or_default();
+    let text = String::from_utf8(bytes)
+        .map_err(|_| JoinError::MemberKubeconfig("the stored kubeconfig is not UTF-8".into()))?;
+    let kubeconfig = Kubeconfig::from_yaml(&text)
+        .map_err(|e| JoinError::MemberKubeconfig(format!("the stored kubeconfig: {e}")))?;
+    Ok(Some(member_client(&kubeconfig, None).await?.0))
+}
+
+async fn clean_member(member: &Client) -> Result<(), JoinError> {
+    // Membership goes first, so that a half-finished unjoin never leaves a cluster that claims
+    // a ClusterSet it has left.
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
+    let crd_name = ClusterProperty::crd().metadata.name.unwrap_or_default();
+    let crd = kubeutil::get_opt(&crds, &crd_name)
+        .await
+        .map_err(on_member("reading the ClusterProperty CRD"))?;
+    if crd.is_some() {
+        // clusterset.k8s.io must be absent on a non-member, whoever wrote it.
+        delete_if_exists(&properties, CLUSTER_SET_PROPERTY)
+            .await
+            .map_err(on_member("deleting clusterset.k8s.io"))?;
+        if let Some(id) = kubeutil::get_opt(&properties, CLUSTER_ID_PROPERTY)
+            .await
+            .map_err(on_member("reading cluster.clusterset.k8s.io"))?
+            && is_managed(&id)
+        {
+            delete_if_exists(&properties, CLUSTER_ID_PROPERTY)
+                .await
+                .map_err(on_member("deleting cluster.clusterset.k8s.io"))?;
+        }
+    }
+    if crd.as_ref().is_some_and(is_managed) {
+        // Only when no ClusterProperty is left that someone else wrote.
+        let remaining = properties
+            .list(&Default::default())
+            .await
+            .map_err(on_member("listing ClusterProperties"))?;
+        if remaining.items.iter().all(is_managed) {
+            delete_if_exists(&crds, &crd_name)
+                .await
+                .map_err(on_member("deleting the ClusterProperty CRD"))?;
+        }
+    }
+    // Last, the ClusterRole: it owns Atoll's namespace (with the identity in it) and binding,
+    // which the member's garbage collector then removes. This request is the identity's last.
+    delete_managed(
+        &Api::<ClusterRole>::all(member.clone()),
+        MEMBER_CLUSTER_ROLE,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_managed<K>(api: &Api<K>, name: &str) -> Result<(), JoinError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(object) = kubeutil::get_opt(api, name)
+        .await
+        .map_err(on_member(format!("reading {name}")))?
+        && is_managed(&object)
+    {
+        delete_if_exists(api, name)
+            .await
+            .map_err(on_member(format!("deleting {name}")))?;
+    }
+    Ok(())
+}

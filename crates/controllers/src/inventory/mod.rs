@@ -1,0 +1,20 @@
+//! Cluster inventory: registering member clusters with the hub.
+//!
+//! Push mode ([`join`], [`unjoin`]): the hub holds a credential for the member. Joining leaves
+//! in the member only what Atoll needs there, with least privilege: the About API
+//! (ClusterProperty CRD and the two well-known properties) and one identity,
+//! `atoll-system/atoll-hub`, allowed to manage ClusterProperties and read health endpoints.
+//! On the hub it creates the cluster's namespace (its Works and credentials), the member's
+//! kubeconfig as a Secret there, and a ClusterProfile in the manager namespace.
+//!
+//! Every step is safe to repeat, so an interrupted join is finished by joining again, and a
+//! join that fails removes what it created.
+
+mod join;
+mod names;
+
+pub use join::{
+    JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, join, member_from_secret,
+    profile_cluster_id, unjoin,
+};
+pub use names::*;

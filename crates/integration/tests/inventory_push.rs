@@ -1,0 +1,296 @@
+//! Push-mode join and unjoin against real kube-apiservers: a hub (cluster 0, with Atoll's
+//! CRDs) and a member (cluster 1).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use atoll_api::about::{CLUSTER_ID_PROPERTY, CLUSTER_SET_PROPERTY, ClusterProperty};
+use atoll_api::cluster_profile::{ClusterProfile, LABEL_CLUSTER_MANAGER};
+use atoll_controllers::inventory::{
+    self, JoinError, JoinOptions, UnjoinOptions, cluster_namespace, member_from_secret,
+};
+use atoll_testbed::{Cluster, Testbed, TestbedConfig};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::config::Kubeconfig;
+use kube::discovery::{Discovery, verbs};
+use kube::{Client, ResourceExt};
+
+const SET: &str = "fleet-a";
+
+async fn hub_and_member() -> Result<Testbed> {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+    common::install_crds(&testbed.clusters()[0].client().await?).await?;
+    Ok(testbed)
+}
+
+fn options(name: &str, member: &Cluster) -> Result<JoinOptions> {
+    Ok(JoinOptions {
+        name: name.to_owned(),
+        member_kubeconfig: Kubeconfig::read_from(member.kubeconfig_path())?,
+        member_context: None,
+        labels: [("env".to_owned(), "test".to_owned())].into(),
+        cluster_set: SET.to_owned(),
+        cluster_id: None,
+        manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.to_owned(),
+        token_timeout: Duration::from_secs(60),
+    })
+}
+
+/// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
+/// cluster's own controllers churn (events, leases, endpoints).
+async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, String)>> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut objects = BTreeSet::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            if !caps.supports_operation(verbs::LIST)
+                || ["events", "leases", "endpoints", "endpointslices"]
+                    .contains(&resource.plural.as_str())
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                // A kind whose CRD went away between discovery and the list.
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for object in list.items {
+                objects.insert((
+                    format!("{}/{}", resource.group, resource.plural),
+                    object.namespace().unwrap_or_default(),
+                    object.name_any(),
+                    object.uid().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    Ok(objects)
+}
+
+#[tokio::test]
+async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
+    let testbed = hub_and_member().await?;
+    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub = hub_cluster.client().await?;
+    let member = member_cluster.client().await?;
+    let before = snapshot(&member).await?;
+
+    let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
+    let kube_system_uid = Api::<Namespace>::all(member.clone())
+        .get("kube-system")
+        .await?
+        .uid()
+        .context("kube-system uid")?;
+    ensure!(
+        joined.cluster_id == kube_system_uid,
+        "default cluster ID is kube-system's UID"
+    );
+    ensure!(joined.created);
+
+    // Member: the About API says who it is and where it belongs.
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    ensure!(properties.get(CLUSTER_ID_PROPERTY).await?.spec.value == kube_system_uid);
+    ensure!(properties.get(CLUSTER_SET_PROPERTY).await?.spec.value == SET);
+
+    // Hub: profile, namespace, credentials.
+    let profiles: Api<ClusterProfile> =
+        Api::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE);
+    let profile = profiles.get("member-1").await?;
+    ensure!(profile.spec.cluster_manager.name == "atoll");
+    ensure!(
+        profile
+            .labels()
+            .get(LABEL_CLUSTER_MANAGER)
+            .map(String::as_str)
+            == Some("atoll")
+    );
+    ensure!(profile.labels().get("env").map(String::as_str) == Some("test"));
+    let status = profile.status.clone().context("profile status")?;
+    ensure!(
+        atoll_api::conditions::is_true(&status.conditions, "Joined"),
+        "{:?}",
+        status.conditions
+    );
+    ensure!(
+        status.version.and_then(|v| v.kubernetes).as_deref() == Some("v1.20.2"),
+        "version from the member's /version"
+    );
+    let property = |name: &str| {
+        status
+            .properties
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone())
+    };
+    ensure!(property(CLUSTER_ID_PROPERTY) == Some(kube_system_uid.clone()));
+    ensure!(property(CLUSTER_SET_PROPERTY).as_deref() == Some(SET));
+    let provider = status.access_providers.first().context("access provider")?;
+    ensure!(
+        provider
+            .cluster
+            .as_ref()
+            .map(|c| c.server.trim_end_matches('/'))
+            == Some(member_cluster.url().trim_end_matches('/'))
+    );
+    let namespace = cluster_namespace("member-1");
+    Api::<Secret>::namespaced(hub.clone(), &namespace)
+        .get(inventory::MEMBER_KUBECONFIG_SECRET)
+        .await?;
+
+    // The stored credential works, and has least privilege in the member.
+    let as_hub = member_from_secret(&hub, &namespace)
+        .await?
+        .context("member credentials")?;
+    ensure!(as_hub.apiserver_version().await?.git_version == "v1.20.2");
+    Api::<ClusterProperty>::all(as_hub.clone())
+        .list(&ListParams::default())
+        .await?;
+    match Api::<Secret>::all(as_hub.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => bail!("Atoll's member identity can list secrets: {other:?}"),
+    }
+
+    // Joining again completes nothing new and fails nothing.
+    let again = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
+    ensure!(!again.created && again.cluster_id == kube_system_uid);
+
+    let unjoined = inventory::unjoin(
+        &hub,
+        &UnjoinOptions {
+            name: "member-1".into(),
+            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
+            force: false,
+        },
+    )
+    .await?;
+    ensure!(unjoined.member_cleaned);
+    ensure!(profiles.get_opt("member-1").await?.is_none());
+
+    // The member converges to exactly what it had: namespaces and CRDs take a moment to go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let after = snapshot(&member).await?;
+        if after == before {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let added: Vec<_> = after.difference(&before).collect();
+            let removed: Vec<_> = before.difference(&after).collect();
+            bail!("the member differs after unjoin:\nadded {added:#?}\nremoved {removed:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Unjoining what is not joined is a clear error.
+    match inventory::unjoin(
+        &hub,
+        &UnjoinOptions {
+            name: "member-1".into(),
+            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
+            force: false,
+        },
+    )
+    .await
+    {
+        Err(JoinError::NotJoined { .. }) => {}
+        Err(e) if hub_namespace_terminating(&hub, &namespace).await => {
+            // The hub namespace may still be terminating; that is still "joined" to a hub.
+            let _ = e;
+        }
+        other => bail!("expected NotJoined, got {other:?}"),
+    }
+    Ok(())
+}
+
+async fn hub_namespace_terminating(hub: &Client, namespace: &str) -> bool {
+    Api::<Namespace>::all(hub.clone())
+        .get_opt(namespace)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
+}
+
+#[tokio::test]
+async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -> Result<()> {
+    let testbed = hub_and_member().await?;
+    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub = hub_cluster.client().await?;
+    inventory::join(&hub, &options("member-1", member_cluster)?).await?;
+    let hub_before = snapshot(&hub).await?;
+
+    // The same member under another name: its cluster ID is taken.
+    match inventory::join(&hub, &options("member-2", member_cluster)?).await {
+        Err(JoinError::DuplicateClusterId {
+            existing_cluster, ..
+        }) => ensure!(existing_cluster == "member-1"),
+        other => bail!("expected DuplicateClusterId, got {other:?}"),
+    }
+
+    // Another cluster (the hub itself) under the taken name.
+    match inventory::join(&hub, &options("member-1", hub_cluster)?).await {
+        Err(JoinError::NameCollision { name, .. }) => ensure!(name == "member-1"),
+        other => bail!("expected NameCollision, got {other:?}"),
+    }
+
+    // A cluster ID that is not an RFC-1123 subdomain.
+    let mut bad_id = options("member-3", hub_cluster)?;
+    bad_id.cluster_id = Some("Not_A_Subdomain".into());
+    match inventory::join(&hub, &bad_id).await {
+        Err(e @ JoinError::InvalidClusterId(_)) => {
+            ensure!(e.to_string().contains("RFC-1123"), "{e}")
+        }
+        other => bail!("expected InvalidClusterId, got {other:?}"),
+    }
+
+    // A member whose API server is not there.
+    let mut unreachable = options("member-4", hub_cluster)?;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    for cluster in &mut unreachable.member_kubeconfig.clusters {
+        if let Some(c) = cluster.cluster.as_mut() {
+            c.server = Some(format!("https://127.0.0.1:{closed_port}"));
+        }
+    }
+    match inventory::join(&hub, &unreachable).await {
+        Err(e @ JoinError::MemberUnreachable { .. }) => {
+            ensure!(e.to_string().contains("cannot reach"), "{e}")
+        }
+        other => bail!("expected MemberUnreachable, got {other:?}"),
+    }
+
+    // A member whose certificate is not signed by the kubeconfig's CA: the member's URL with
+    // the hub's CA.
+    let mut wrong_ca = options("member-5", hub_cluster)?;
+    for cluster in &mut wrong_ca.member_kubeconfig.clusters {
+        if let Some(c) = cluster.cluster.as_mut() {
+            c.server = Some(member_cluster.url());
+        }
+    }
+    match inventory::join(&hub, &wrong_ca).await {
+        Err(e @ JoinError::MemberUnreachable { .. }) => {
+            ensure!(e.to_string().contains("CA"), "{e}")
+        }
+        other => bail!("expected MemberUnreachable for a wrong CA, got {other:?}"),
+    }
+
+    // None of the refused joins left anything on the hub.
+    let hub_after = snapshot(&hub).await?;
+    let added: Vec<_> = hub_after.difference(&hub_before).collect();
+    ensure!(
+        added.is_empty(),
+        "refused joins left objects on the hub: {added:#?}"
+    );
+    Ok(())
+}
