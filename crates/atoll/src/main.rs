@@ -27,6 +27,8 @@ enum Command {
     Join(cmd::join::JoinArgs),
     /// Remove a member cluster: everything Atoll created in it and on the hub.
     Unjoin(cmd::join::UnjoinArgs),
+    /// Run the hub-side controllers against a Kubernetes hub, with leader election.
+    Controller(cmd::controller::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crds(args) => cmd::crds::run(args),
         Command::Join(args) => runtime()?.block_on(cmd::join::join(args)),
         Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
+        Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
     }
 }
 

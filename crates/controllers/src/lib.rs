@@ -14,3 +14,4 @@
 
 pub mod inventory;
 pub mod kubeutil;
+pub mod leader;

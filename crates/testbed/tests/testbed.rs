@@ -16,6 +16,14 @@ use kube::api::{
 use kube::{Api, Client};
 use serde_json::json;
 
+/// Logs to the test's output; `RUST_LOG=atoll_testbed=debug` shows startup.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// Polls `check` until it yields a value or `timeout` passes.
 async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
 where
@@ -71,6 +79,7 @@ fn process_gone(pid: u32) -> bool {
 
 #[tokio::test]
 async fn clusters_share_etcd_but_not_data() -> Result<()> {
+    init_tracing();
     let testbed = Testbed::start(TestbedConfig {
         clusters: 2,
         controller_manager: false,
@@ -103,6 +112,7 @@ async fn clusters_share_etcd_but_not_data() -> Result<()> {
 
 #[tokio::test]
 async fn rbac_confines_unbound_users() -> Result<()> {
+    init_tracing();
     let testbed = Testbed::start(TestbedConfig {
         controller_manager: false,
         ..TestbedConfig::default()
@@ -182,6 +192,7 @@ async fn atoll_testbed_client(kubeconfig: &Path) -> Result<Client> {
 
 #[tokio::test]
 async fn simulated_node_makes_deployments_ready_and_services_routable() -> Result<()> {
+    init_tracing();
     let testbed = Testbed::start(TestbedConfig::default()).await?;
     let cluster = &testbed.clusters()[0];
     let client = cluster.client().await?;
@@ -307,6 +318,7 @@ async fn simulated_node_makes_deployments_ready_and_services_routable() -> Resul
 
 #[tokio::test]
 async fn drop_kills_every_process_and_removes_the_directory() -> Result<()> {
+    init_tracing();
     let testbed = Testbed::start(TestbedConfig::default()).await?;
     let pids = testbed.pids();
     let dir = testbed.dir().to_path_buf();
@@ -348,7 +360,8 @@ async fn killing_the_test_process_kills_the_test_bed() -> Result<()> {
         std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("TESTBED ").map(str::to_owned))
+            // libtest prints `test killed_parent_child ... ` before it.
+            .find_map(|line| line.split_once("TESTBED ").map(|(_, r)| r.to_owned()))
     })
     .await?;
     let Some(report) = report else {
@@ -378,6 +391,7 @@ async fn killed_parent_child() -> Result<()> {
     if std::env::var_os(CHILD_ENV).is_none() {
         return Ok(());
     }
+    init_tracing();
     let testbed = Testbed::start(TestbedConfig {
         controller_manager: true,
         ..TestbedConfig::default()

@@ -12,6 +12,7 @@
 
 mod join;
 mod names;
+pub mod status;
 
 pub use join::{
     JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, join, member_from_secret,

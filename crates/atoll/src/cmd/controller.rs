@@ -1,0 +1,102 @@
+//! `atoll controller`: every hub-side controller in one process, against any Kubernetes hub,
+//! with leader election so that two replicas can run.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE, status::HealthConfig};
+use atoll_controllers::leader::{Elector, LeaseConfig};
+use tracing::info;
+
+use crate::hub::HubArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Hub namespace that holds ClusterProfiles and the leader-election Lease.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    /// Seconds between health probes of each member.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    health_period: f64,
+    /// Seconds one probe may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
+    health_timeout: f64,
+    /// Consecutive failed probes before a member is unhealthy.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    failure_threshold: u32,
+    /// Consecutive good probes before an unhealthy member is healthy again.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    success_threshold: u32,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "atoll-controller")]
+    lease_name: String,
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("--{name} must be a positive number of seconds, not {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let health = HealthConfig {
+        period: seconds("health-period", args.health_period)?,
+        timeout: seconds("health-timeout", args.health_timeout)?,
+        failure_threshold: args.failure_threshold,
+        success_threshold: args.success_threshold,
+    };
+    let hub = args.hub.client().await?;
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "atoll".into()),
+        std::process::id()
+    );
+    let elector = Elector::new(
+        hub.clone(),
+        LeaseConfig {
+            namespace: args.manager_namespace.clone(),
+            name: args.lease_name,
+            identity: identity.clone(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        },
+    );
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    info!(%identity, "waiting for leadership");
+    tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        acquired = elector.acquire() => acquired?,
+    }
+    info!(%identity, "leading; starting controllers");
+    let controllers =
+        inventory::status::run(hub, args.manager_namespace, health, std::future::pending());
+    let outcome = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        () = controllers => Ok(()),
+        () = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")),
+    };
+    elector.release().await?;
+    info!("stopped");
+    outcome
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,522 @@
+//! The ClusterProfile status controller for push-mode clusters.
+//!
+//! One worker per joined cluster keeps its profile's status true to the member:
+//! - `ControlPlaneHealthy`, from probing `/readyz` (falling back to `/healthz` where `/readyz`
+//!   is not served) every `period`, with a `timeout`, turning False only after
+//!   `failure_threshold` consecutive failures and True again after `success_threshold`
+//!   successes (KubeFed's defaults: 10 s, 3 s, 3, 1);
+//! - `status.version.kubernetes`, from the member's `/version`;
+//! - `status.properties`, mirroring every ClusterProperty in the member through a watch, so
+//!   a change shows within moments; deleted properties disappear.
+//!
+//! The set of workers follows the set of ClusterProfiles managed by Atoll (level-triggered: a
+//! watch on profiles starts and stops workers). Status writes happen only when something
+//! changed, so a steady fleet costs no writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_api::about::ClusterProperty;
+use atoll_api::cluster_profile::{
+    ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
+    LABEL_CLUSTER_MANAGER, Property,
+};
+use atoll_api::conditions;
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector};
+use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::join::member_from_secret;
+use super::names::cluster_namespace;
+
+/// Health-check settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between probes.
+    pub period: Duration,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// Consecutive failures before the cluster is unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes before an unhealthy cluster is healthy again.
+    pub success_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(3),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The API server said it is ready.
+    Ready,
+    /// The API server answered, but not ready.
+    NotReady(String),
+    /// No answer.
+    Unreachable(String),
+}
+
+/// Turns a sequence of probes into a health verdict with thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthTracker {
+    config: HealthConfig,
+    healthy: Option<bool>,
+    successes: u32,
+    failures: u32,
+    last: Option<Probe>,
+}
+
+impl HealthTracker {
+    /// A tracker that has seen no probe.
+    pub fn new(config: HealthConfig) -> Self {
+        HealthTracker {
+            config,
+            healthy: None,
+            successes: 0,
+            failures: 0,
+            last: None,
+        }
+    }
+
+    /// Records a probe; returns the verdict: `None` while still unknown.
+    pub fn observe(&mut self, probe: Probe) -> Option<bool> {
+        if probe == Probe::Ready {
+            self.successes += 1;
+            self.failures = 0;
+            if self.healthy != Some(true)
+                && (self.healthy.is_none() || self.successes >= self.config.success_threshold)
+            {
+                self.healthy = Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.healthy != Some(false) && self.failures >= self.config.failure_threshold {
+                self.healthy = Some(false);
+            }
+        }
+        self.last = Some(probe);
+        self.healthy
+    }
+
+    /// The condition to publish: (status, reason, message).
+    pub fn condition(&self) -> (&'static str, &'static str, String) {
+        let last = match &self.last {
+            None => return (conditions::UNKNOWN, "NotProbed", "not probed yet".into()),
+            Some(last) => last,
+        };
+        match (self.healthy, last) {
+            (Some(true), Probe::Ready) => (
+                conditions::TRUE,
+                "Ready",
+                "the API server reports ready".into(),
+            ),
+            (Some(true), failing) => (
+                conditions::TRUE,
+                "Ready",
+                format!(
+                    "ready, but the last {} probe(s) failed ({}); unhealthy after {}",
+                    self.failures,
+                    describe(failing),
+                    self.config.failure_threshold
+                ),
+            ),
+            (Some(false), Probe::Unreachable(why)) => (
+                conditions::FALSE,
+                "Unreachable",
+                format!(
+                    "{} consecutive probes failed; last: {why}",
+                    self.failures.max(1)
+                ),
+            ),
+            (Some(false), Probe::NotReady(why)) => (
+                conditions::FALSE,
+                "NotReady",
+                format!("the API server is not ready: {why}"),
+            ),
+            (Some(false), Probe::Ready) => (
+                conditions::FALSE,
+                "Recovering",
+                format!(
+                    "answered ready {} time(s); healthy after {}",
+                    self.successes, self.config.success_threshold
+                ),
+            ),
+            (None, last) => (
+                conditions::UNKNOWN,
+                "Probing",
+                format!("first probes failing: {}", describe(last)),
+            ),
+        }
+    }
+}
+
+fn describe(probe: &Probe) -> String {
+    match probe {
+        Probe::Ready => "ready".into(),
+        Probe::NotReady(why) => format!("not ready: {why}"),
+        Probe::Unreachable(why) => format!("unreachable: {why}"),
+    }
+}
+
+/// Probes `/readyz`, and `/healthz` where `/readyz` is not served.
+pub async fn probe(member: &Client, timeout: Duration) -> Probe {
+    let attempt = async {
+        match get_text(member, "/readyz").await {
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                get_text(member, "/healthz").await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Probe::Unreachable(format!("no answer within {timeout:?}")),
+        Ok(Ok(body)) if body.trim() == "ok" => Probe::Ready,
+        Ok(Ok(body)) => Probe::NotReady(body.chars().take(200).collect()),
+        Ok(Err(kube::Error::Api(status))) => Probe::NotReady(format!(
+            "HTTP {}: {}",
+            status.code,
+            status.message.chars().take(200).collect::<String>()
+        )),
+        Ok(Err(e)) => Probe::Unreachable(e.to_string()),
+    }
+}
+
+async fn get_text(client: &Client, path: &str) -> Result<String, kube::Error> {
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    client.request_text(request).await
+}
+
+/// Runs the status controller until `shutdown` resolves.
+pub async fn run(
+    hub: Client,
+    manager_namespace: String,
+    health: HealthConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let config = watcher::Config::default()
+        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
+    let mut events = watcher::watcher(profiles, config).default_backoff().boxed();
+    let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut listing: Vec<String> = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            () = &mut shutdown => break,
+            event = events.next() => event,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+                let name = profile.name_any();
+                listing.push(name.clone());
+                if profile.metadata.deletion_timestamp.is_some() {
+                    if let Some(worker) = workers.remove(&name) {
+                        worker.abort();
+                    }
+                    continue;
+                }
+                workers.entry(name.clone()).or_insert_with(|| {
+                    info!(cluster = %name, "watching cluster");
+                    tokio::spawn(cluster_worker(
+                        hub.clone(),
+                        manager_namespace.clone(),
+                        name,
+                        health,
+                    ))
+                });
+            }
+            Ok(Event::Delete(profile)) => {
+                if let Some(worker) = workers.remove(&profile.name_any()) {
+                    info!(cluster = %profile.name_any(), "cluster gone; stopping its worker");
+                    worker.abort();
+                }
+            }
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitDone) => {
+                // After a relist, stop workers of profiles that vanished while unwatched.
+                workers.retain(|name, worker| {
+                    let keep = listing.contains(name);
+                    if !keep {
+                        worker.abort();
+                    }
+                    keep
+                });
+            }
+            Err(error) => warn!(%error, "watching ClusterProfiles"),
+        }
+    }
+    for (_, worker) in workers {
+        worker.abort();
+    }
+}
+
+/// Keeps one cluster's profile status up to date until aborted.
+async fn cluster_worker(
+    hub: Client,
+    manager_namespace: String,
+    name: String,
+    health: HealthConfig,
+) {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let mut tracker = HealthTracker::new(health);
+    let mut member: Option<Client> = None;
+    let properties_changed = Arc::new(Notify::new());
+    let mut properties: Option<(reflector::Store<ClusterProperty>, JoinHandle<()>)> = None;
+    let mut ticker = tokio::time::interval(health.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let probe_due = tokio::select! {
+            _ = ticker.tick() => true,
+            () = properties_changed.notified() => false,
+        };
+        if member.is_none() {
+            match member_from_secret(&hub, &cluster_namespace(&name)).await {
+                Ok(Some(client)) => member = Some(client),
+                Ok(None) => {
+                    debug!(cluster = %name, "no member credentials yet");
+                    continue;
+                }
+                Err(error) => {
+                    warn!(cluster = %name, %error, "member credentials unusable");
+                    continue;
+                }
+            }
+        }
+        let Some(client) = member.clone() else {
+            continue;
+        };
+        if properties.is_none() {
+            properties = Some(watch_properties(client.clone(), properties_changed.clone()));
+        }
+        let mut version = None;
+        if probe_due {
+            tracker.observe(probe(&client, health.timeout).await);
+            if tracker.healthy == Some(true) {
+                version = tokio::time::timeout(health.timeout, client.apiserver_version())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|v| v.git_version);
+            }
+        }
+        let observed = properties.as_ref().map(|(store, _)| store.state());
+        if let Err(error) = publish(
+            &profiles,
+            &name,
+            probe_due.then_some(&tracker),
+            version,
+            observed,
+        )
+        .await
+        {
+            warn!(cluster = %name, %error, "updating the ClusterProfile status");
+        }
+    }
+}
+
+fn watch_properties(
+    member: Client,
+    changed: Arc<Notify>,
+) -> (reflector::Store<ClusterProperty>, JoinHandle<()>) {
+    let (reader, writer) = reflector::store();
+    let stream = watcher::watcher(
+        Api::<ClusterProperty>::all(member),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if event.is_ok() {
+                changed.notify_one();
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// Writes the status fields that differ from what the profile shows.
+async fn publish(
+    profiles: &Api<ClusterProfile>,
+    name: &str,
+    health: Option<&HealthTracker>,
+    version: Option<String>,
+    observed: Option<Vec<Arc<ClusterProperty>>>,
+) -> Result<(), kube::Error> {
+    let Some(profile) = profiles.get_opt(name).await? else {
+        return Ok(());
+    };
+    let current = profile.status.clone().unwrap_or_default();
+    let mut status = current.clone();
+    let now = Time(Timestamp::now());
+    if let Some(tracker) = health {
+        let (state, reason, message) = tracker.condition();
+        conditions::set(
+            &mut status.conditions,
+            conditions::condition(
+                CONDITION_CONTROL_PLANE_HEALTHY,
+                state,
+                reason,
+                message,
+                profile.metadata.generation,
+                now.clone(),
+            ),
+        );
+    }
+    if let Some(version) = version {
+        status.version = Some(ClusterVersion {
+            kubernetes: Some(version),
+        });
+    }
+    if let Some(observed) = observed {
+        status.properties = mirror(&current.properties, &observed, &now);
+    }
+    if status == current {
+        return Ok(());
+    }
+    profiles
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": {
+                "conditions": status.conditions,
+                "version": status.version,
+                "properties": status.properties,
+            }})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The profile's properties after observing the member's ClusterProperties: one per
+/// property, in name order; `lastObservedTime` moves only when a value changes, so an
+/// unchanged fleet writes nothing. Values longer than a profile allows are left out.
+pub fn mirror(
+    current: &[Property],
+    observed: &[Arc<ClusterProperty>],
+    now: &Time,
+) -> Vec<Property> {
+    let previous: BTreeMap<&str, &Property> =
+        current.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut mirrored: Vec<Property> = observed
+        .iter()
+        .filter(|p| !p.spec.value.is_empty() && p.spec.value.len() <= 1024)
+        .map(|p| {
+            let name = p.name_any();
+            let unchanged = previous
+                .get(name.as_str())
+                .filter(|old| old.value == p.spec.value && old.last_observed_time.is_some());
+            Property {
+                value: p.spec.value.clone(),
+                last_observed_time: match unchanged {
+                    Some(old) => old.last_observed_time.clone(),
+                    None => Some(now.clone()),
+                },
+                name,
+            }
+        })
+        .collect();
+    mirrored.sort_by(|a, b| a.name.cmp(&b.name));
+    mirrored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_api::about::ClusterPropertySpec;
+
+    fn config(failure_threshold: u32, success_threshold: u32) -> HealthConfig {
+        HealthConfig {
+            failure_threshold,
+            success_threshold,
+            ..HealthConfig::default()
+        }
+    }
+
+    #[test]
+    fn health_turns_only_after_the_thresholds() {
+        let mut tracker = HealthTracker::new(config(3, 2));
+        assert_eq!(tracker.condition().0, conditions::UNKNOWN);
+        assert_eq!(
+            tracker.observe(Probe::Ready),
+            Some(true),
+            "first success decides"
+        );
+        let down = || Probe::Unreachable("timeout".into());
+        assert_eq!(tracker.observe(down()), Some(true));
+        assert_eq!(tracker.observe(down()), Some(true));
+        assert_eq!(tracker.condition().0, conditions::TRUE);
+        assert_eq!(tracker.observe(down()), Some(false), "third failure");
+        assert_eq!(tracker.condition().1, "Unreachable");
+        assert_eq!(
+            tracker.observe(Probe::Ready),
+            Some(false),
+            "one success is not enough"
+        );
+        assert_eq!(tracker.condition().1, "Recovering");
+        assert_eq!(tracker.observe(Probe::Ready), Some(true));
+        assert_eq!(tracker.observe(Probe::NotReady("etcd".into())), Some(true));
+    }
+
+    #[test]
+    fn a_failing_start_stays_unknown_until_the_threshold() {
+        let mut tracker = HealthTracker::new(config(2, 1));
+        assert_eq!(tracker.observe(Probe::NotReady("etcd".into())), None);
+        assert_eq!(tracker.condition().0, conditions::UNKNOWN);
+        assert_eq!(tracker.observe(Probe::NotReady("etcd".into())), Some(false));
+        assert_eq!(tracker.condition().1, "NotReady");
+    }
+
+    fn property(name: &str, value: &str) -> Arc<ClusterProperty> {
+        Arc::new(ClusterProperty::new(
+            name,
+            ClusterPropertySpec {
+                value: value.into(),
+            },
+        ))
+    }
+
+    #[test]
+    fn mirroring_keeps_observation_times_of_unchanged_values() {
+        let t1 = Time(Timestamp::from_second(1_000).unwrap_or_default());
+        let t2 = Time(Timestamp::from_second(2_000).unwrap_or_default());
+        let first = mirror(&[], &[property("b", "1"), property("a", "x")], &t1);
+        assert_eq!(
+            first.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let second = mirror(&first, &[property("a", "x"), property("b", "2")], &t2);
+        assert_eq!(
+            second[0].last_observed_time,
+            Some(t1.clone()),
+            "a unchanged"
+        );
+        assert_eq!(second[1].last_observed_time, Some(t2.clone()), "b changed");
+        let third = mirror(&second, &[property("a", "x")], &t2);
+        assert_eq!(third.len(), 1, "deleted properties disappear");
+        let huge = mirror(&[], &[property("big", &"v".repeat(1025))], &t1);
+        assert!(huge.is_empty());
+    }
+}
