@@ -27,6 +27,8 @@ enum Command {
     Join(cmd::join::JoinArgs),
     /// Remove a member cluster: everything Atoll created in it and on the hub.
     Unjoin(cmd::join::UnjoinArgs),
+    /// Show joined clusters (`atoll get clusters [-o json|yaml] [-w]`).
+    Get(cmd::get::Args),
     /// Run the hub-side controllers against a Kubernetes hub, with leader election.
     Controller(cmd::controller::Args),
 }
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crds(args) => cmd::crds::run(args),
         Command::Join(args) => runtime()?.block_on(cmd::join::join(args)),
         Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
+        Command::Get(args) => runtime()?.block_on(cmd::get::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
     }
 }

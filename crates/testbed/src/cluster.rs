@@ -393,6 +393,10 @@ fn apiserver_args(
         "--allow-privileged=true".to_owned(),
         "--enable-priority-and-fairness=false".to_owned(),
         "--profiling=false".to_owned(),
+        // The `kubernetes` Service would get 127.0.0.1 as its endpoint, which
+        // Endpoints validation rejects (loopback), logging an error every
+        // few seconds; so that Service has no endpoints.
+        "--endpoint-reconciler-type=none".to_owned(),
     ]
     .into_iter()
     .map(OsString::from)

@@ -251,6 +251,23 @@ async fn simulated_node_makes_deployments_ready_and_services_routable() -> Resul
         );
     }
 
+    // The node lifecycle controller sees a healthy node: it lifts the
+    // not-ready taint the API server put on the new node.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    eventually(
+        "the node to lose its not-ready taint",
+        Duration::from_secs(30),
+        || {
+            let nodes = nodes.clone();
+            async move {
+                let node = nodes.get("sim-0").await?;
+                let taints = node.spec.and_then(|s| s.taints).unwrap_or_default();
+                Ok(taints.is_empty().then_some(()))
+            }
+        },
+    )
+    .await?;
+
     // 1.20 serves EndpointSlices as discovery.k8s.io/v1beta1 only.
     let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
     let slices: Api<DynamicObject> = Api::namespaced_with(

@@ -2,4 +2,5 @@
 
 pub mod controller;
 pub mod crds;
+pub mod get;
 pub mod join;

@@ -1,0 +1,114 @@
+//! End to end: the `atoll` binary against real kube-apiservers (a hub and a member).
+
+use std::process::{Command, Output};
+
+use atoll_testbed::{Testbed, TestbedConfig};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn atoll(hub_kubeconfig: &std::path::Path, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(args)
+        .env("KUBECONFIG", hub_kubeconfig)
+        .env("RUST_LOG", "warn")
+        .output()?)
+}
+
+fn ok(output: Output) -> Result<String> {
+    if !output.status.success() {
+        return Err(format!(
+            "atoll failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[tokio::test]
+async fn join_get_and_unjoin_from_the_command_line() -> Result {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+    let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub_kubeconfig = hub.kubeconfig_path();
+
+    // Install the CRDs the way the README says, with the hub's kubectl.
+    let crds = ok(atoll(hub_kubeconfig, &["crds"])?)?;
+    let mut apply = hub
+        .kubectl()
+        .args(["apply", "--validate=false", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(apply.stdin.as_mut().ok_or("stdin")?, crds.as_bytes())?;
+    let applied = apply.wait_with_output()?;
+    assert!(applied.status.success(), "{applied:?}");
+    let established = hub
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .output()?;
+    assert!(established.status.success(), "{established:?}");
+
+    let member_kubeconfig = member.kubeconfig_path().to_string_lossy().into_owned();
+    let joined = ok(atoll(
+        hub_kubeconfig,
+        &[
+            "join",
+            "member-1",
+            "--cluster-kubeconfig",
+            &member_kubeconfig,
+            "--labels",
+            "env=e2e,tier=gold",
+            "--clusterset",
+            "e2e",
+            "--cluster-id",
+            "member-one",
+        ],
+    )?)?;
+    assert!(joined.contains("member-1 joined"), "{joined}");
+    assert!(joined.contains("member-one"), "{joined}");
+
+    let table = ok(atoll(hub_kubeconfig, &["get", "clusters"])?)?;
+    let lines: Vec<_> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with("member-1"))
+        .ok_or("no row")?;
+    for cell in ["True", "v1.20.2", "member-one", "e2e"] {
+        assert!(row.contains(cell), "missing {cell}: {table}");
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&ok(atoll(
+        hub_kubeconfig,
+        &["get", "clusters", "-o", "json"],
+    )?)?)?;
+    assert_eq!(json["items"][0]["metadata"]["labels"]["tier"], "gold");
+    assert_eq!(json["items"][0]["spec"]["clusterManager"]["name"], "atoll");
+
+    // Bad input gets a clear error and a failing exit status.
+    let refused = atoll(
+        hub_kubeconfig,
+        &[
+            "join",
+            "Bad_Name",
+            "--cluster-kubeconfig",
+            &member_kubeconfig,
+        ],
+    )?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("lowercase letters"));
+
+    let unjoined = ok(atoll(hub_kubeconfig, &["unjoin", "member-1"])?)?;
+    assert!(unjoined.contains("unjoined"), "{unjoined}");
+    let table = ok(atoll(hub_kubeconfig, &["get", "clusters"])?)?;
+    assert_eq!(table.lines().count(), 1, "only the header is left: {table}");
+    Ok(())
+}
