@@ -23,6 +23,11 @@ pub const CONDITION_CONTROL_PLANE_HEALTHY: &str = "ControlPlaneHealthy";
 /// Condition: the member has joined the ClusterSet and the manager can act on it.
 pub const CONDITION_JOINED: &str = "Joined";
 
+/// Taint Atoll puts on a cluster whose API server does not answer.
+pub const TAINT_UNREACHABLE: &str = "atoll.io/unreachable";
+/// Taint Atoll puts on a cluster whose API server answers but is not ready.
+pub const TAINT_NOT_READY: &str = "atoll.io/not-ready";
+
 /// Desired properties of a cluster profile.
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[kube(
@@ -72,6 +77,38 @@ pub struct ClusterProfileSpec {
     /// The cluster manager that owns this profile. Immutable.
     #[schemars(extend("x-kubernetes-validations" = [{"message": "ClusterManager is immutable", "rule": "self == oldSelf"}]))]
     pub cluster_manager: ClusterManager,
+    /// Atoll: taints that keep workloads off the cluster unless they tolerate them. Atoll
+    /// sets `atoll.io/unreachable` and `atoll.io/not-ready` from health checks; other taints
+    /// are the user's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+/// A taint on a cluster, as on a Node.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    /// The taint's key.
+    pub key: String,
+    /// The taint's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// What the taint does to workloads that do not tolerate it.
+    pub effect: TaintEffect,
+    /// When the taint was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<Time>,
+}
+
+/// Taint effects, with Node taints' names.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaintEffect {
+    /// New workloads are not placed on the cluster.
+    NoSchedule,
+    /// New workloads avoid the cluster when they can.
+    PreferNoSchedule,
+    /// Workloads are moved off the cluster.
+    NoExecute,
 }
 
 /// Identifies the cluster manager responsible for a cluster.

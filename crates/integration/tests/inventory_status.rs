@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use atoll_api::about::{ClusterProperty, ClusterPropertySpec};
-use atoll_api::cluster_profile::{CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile};
+use atoll_api::cluster_profile::{
+    CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, TAINT_UNREACHABLE, TaintEffect,
+};
 use atoll_controllers::inventory::{self, JoinOptions, status::HealthConfig};
 use atoll_controllers::leader::{Elector, LeaseConfig};
 use atoll_testbed::{Testbed, TestbedConfig};
@@ -147,12 +149,28 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
         },
     )
     .await;
+    let tainted = match &outcome {
+        Ok(_) => eventually(
+            Duration::from_secs(10),
+            "the unreachable taint",
+            async || {
+                let taints = get().await?.spec.taints;
+                Ok(taints.into_iter().find(|t| t.key == TAINT_UNREACHABLE))
+            },
+        )
+        .await
+        .map(Some),
+        Err(_) => Ok(None),
+    };
     signal(apiserver, "CONT")?;
     let (_, reason) = outcome?;
     anyhow::ensure!(reason == "Unreachable", "reason {reason}");
+    let taint = tainted?.context("no taint")?;
+    anyhow::ensure!(taint.effect == TaintEffect::NoExecute && taint.time_added.is_some());
     eventually(Duration::from_secs(30), "recovery", async || {
         let profile = get().await?;
-        Ok((condition(&profile) == Some(("True".into(), "Ready".into()))).then_some(()))
+        let healthy = condition(&profile) == Some(("True".into(), "Ready".into()));
+        Ok((healthy && profile.spec.taints.is_empty()).then_some(()))
     })
     .await?;
 

@@ -304,6 +304,7 @@ async fn join_steps(
             cluster_manager: ClusterManager {
                 name: ATOLL_CLUSTER_MANAGER.to_owned(),
             },
+            taints: Vec::new(),
         },
     );
     let mut labels = options.labels.clone();

@@ -7,7 +7,10 @@
 //!   successes (KubeFed's defaults: 10 s, 3 s, 3, 1);
 //! - `status.version.kubernetes`, from the member's `/version`;
 //! - `status.properties`, mirroring every ClusterProperty in the member through a watch, so
-//!   a change shows within moments; deleted properties disappear.
+//!   a change shows within moments; deleted properties disappear;
+//! - the taints `atoll.io/unreachable` and `atoll.io/not-ready` (effect NoExecute) in
+//!   `spec.taints` while the cluster is unhealthy, lifted when it recovers. Other taints are
+//!   left as they are.
 //!
 //! The set of workers follows the set of ClusterProfiles managed by Atoll (level-triggered: a
 //! watch on profiles starts and stops workers). Status writes happen only when something
@@ -20,7 +23,7 @@ use std::time::Duration;
 use atoll_api::about::ClusterProperty;
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
-    LABEL_CLUSTER_MANAGER, Property,
+    LABEL_CLUSTER_MANAGER, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
 };
 use atoll_api::conditions;
 use futures::StreamExt;
@@ -113,6 +116,16 @@ impl HealthTracker {
         }
         self.last = Some(probe);
         self.healthy
+    }
+
+    /// The health taint the cluster should carry: `Some(None)` for none, `None` while the
+    /// verdict is unknown (taints are then left as they are).
+    pub fn taint(&self) -> Option<Option<&'static str>> {
+        match (self.healthy?, self.last.as_ref()?) {
+            (true, _) => Some(None),
+            (false, Probe::NotReady(_)) => Some(Some(TAINT_NOT_READY)),
+            (false, _) => Some(Some(TAINT_UNREACHABLE)),
+        }
     }
 
     /// The condition to publish: (status, reason, message).
@@ -393,6 +406,23 @@ async fn publish(
     if let Some(observed) = observed {
         status.properties = mirror(&current.properties, &observed, &now);
     }
+    if let Some(wanted) = health.and_then(HealthTracker::taint) {
+        let taints = with_health_taint(&profile.spec.taints, wanted, &now);
+        if taints != profile.spec.taints {
+            // Merge patch with the resourceVersion read above: a concurrent edit of the
+            // taints (by a user) makes this write fail and the next round retry, never lose it.
+            profiles
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({
+                        "metadata": {"resourceVersion": profile.metadata.resource_version},
+                        "spec": {"taints": taints},
+                    })),
+                )
+                .await?;
+        }
+    }
     if status == current {
         return Ok(());
     }
@@ -408,6 +438,30 @@ async fn publish(
         )
         .await?;
     Ok(())
+}
+
+/// `taints` with Atoll's health taints replaced by `wanted`; the user's taints stay, and a
+/// taint that stays keeps its `timeAdded`.
+pub fn with_health_taint(taints: &[Taint], wanted: Option<&str>, now: &Time) -> Vec<Taint> {
+    let mut result: Vec<Taint> = taints
+        .iter()
+        .filter(|t| {
+            let ours = t.key == TAINT_UNREACHABLE || t.key == TAINT_NOT_READY;
+            !ours || Some(t.key.as_str()) == wanted
+        })
+        .cloned()
+        .collect();
+    if let Some(key) = wanted
+        && !result.iter().any(|t| t.key == key)
+    {
+        result.push(Taint {
+            key: key.to_owned(),
+            value: None,
+            effect: TaintEffect::NoExecute,
+            time_added: Some(now.clone()),
+        });
+    }
+    result
 }
 
 /// The profile's properties after observing the member's ClusterProperties: one per
@@ -487,6 +541,41 @@ mod tests {
         assert_eq!(tracker.condition().0, conditions::UNKNOWN);
         assert_eq!(tracker.observe(Probe::NotReady("etcd".into())), Some(false));
         assert_eq!(tracker.condition().1, "NotReady");
+    }
+
+    #[test]
+    fn health_taints_replace_each_other_and_leave_user_taints() {
+        let now = Time(Timestamp::from_second(1_000).unwrap_or_default());
+        let user = Taint {
+            key: "example.com/maintenance".into(),
+            value: Some("true".into()),
+            effect: TaintEffect::NoSchedule,
+            time_added: None,
+        };
+        let unreachable =
+            with_health_taint(std::slice::from_ref(&user), Some(TAINT_UNREACHABLE), &now);
+        assert_eq!(unreachable.len(), 2);
+        assert_eq!(unreachable[1].key, TAINT_UNREACHABLE);
+        assert_eq!(unreachable[1].effect, TaintEffect::NoExecute);
+        let later = Time(Timestamp::from_second(2_000).unwrap_or_default());
+        assert_eq!(
+            with_health_taint(&unreachable, Some(TAINT_UNREACHABLE), &later),
+            unreachable,
+            "a taint that stays keeps its time"
+        );
+        let not_ready = with_health_taint(&unreachable, Some(TAINT_NOT_READY), &later);
+        assert_eq!(
+            not_ready.iter().map(|t| t.key.as_str()).collect::<Vec<_>>(),
+            ["example.com/maintenance", TAINT_NOT_READY]
+        );
+        assert_eq!(with_health_taint(&not_ready, None, &later), [user]);
+
+        let mut tracker = HealthTracker::new(config(1, 1));
+        assert_eq!(tracker.taint(), None, "unknown: leave taints alone");
+        tracker.observe(Probe::Unreachable("down".into()));
+        assert_eq!(tracker.taint(), Some(Some(TAINT_UNREACHABLE)));
+        tracker.observe(Probe::Ready);
+        assert_eq!(tracker.taint(), Some(None));
     }
 
     fn property(name: &str, value: &str) -> Arc<ClusterProperty> {
