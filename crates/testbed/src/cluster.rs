@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -439,13 +439,15 @@ fn controller_manager_args(files: &Files, name: &str) -> Vec<OsString> {
     args
 }
 
-/// Polls `/readyz` with the admin identity until it answers `ok`.
+/// Polls `/readyz` with the admin identity until it answers `ok` and the
+/// `default` namespace exists.
 async fn wait_ready(
     process: &mut Process,
     kubeconfig: &Path,
     deadline: Instant,
 ) -> Result<(), String> {
     let client = client_from(kubeconfig).await.map_err(|e| e.to_string())?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     loop {
         if let Some(status) = process.exited() {
             return Err(format!("exited with {status}"));
@@ -456,7 +458,13 @@ async fn wait_ready(
         let last = match tokio::time::timeout(Duration::from_secs(5), client.request_text(request))
             .await
         {
-            Ok(Ok(body)) if body.trim() == "ok" => return Ok(()),
+            // The bootstrap controller creates `default` soon after
+            // readiness; tests expect it, so wait for it too.
+            Ok(Ok(body)) if body.trim() == "ok" => match namespaces.get_opt("default").await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => "namespace default does not exist yet".to_owned(),
+                Err(e) => format!("getting namespace default: {e}"),
+            },
             Ok(Ok(body)) => format!("/readyz answered {body:?}"),
             Ok(Err(e)) => format!("/readyz: {e}"),
             Err(_) => "/readyz timed out".to_owned(),

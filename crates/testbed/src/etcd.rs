@@ -18,8 +18,7 @@ pub(crate) struct Etcd {
 
 impl Etcd {
     /// Starts etcd with its data in `dir/etcd` and waits for `/health`.
-    pub(crate) async fn start(binary: &Path, dir: &Path, timeout: Duration) -> Result<Etcd, Error> {
-        let deadline = Instant::now() + timeout;
+    pub(crate) async fn start(binary: &Path, dir: &Path, deadline: Instant) -> Result<Etcd, Error> {
         let mut attempt = 0;
         loop {
             attempt += 1;

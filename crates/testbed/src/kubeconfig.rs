@@ -115,3 +115,35 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     file.write_all(contents)
         .map_err(Error::io(format!("writing {}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_reads_back() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("config");
+        let long = "x".repeat(200);
+        write(&path, "c", "u", "https://127.0.0.1:1", &long, "cert", "key")?;
+        let text = std::fs::read_to_string(&path)?;
+        assert!(text.starts_with("apiVersion: v1\n"), "{text}");
+        assert!(text.contains("current-context: u@c\n"), "{text}");
+        assert!(!text.contains(">-"), "long data must stay plain: {text}");
+
+        let parsed = kube::config::Kubeconfig::read_from(&path)?;
+        assert_eq!(parsed.current_context.as_deref(), Some("u@c"));
+        let cluster = parsed.clusters[0].cluster.as_ref().ok_or("no cluster")?;
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:1"));
+        assert_eq!(
+            cluster.certificate_authority_data.as_deref(),
+            Some(STANDARD.encode(&long).as_str())
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
+        Ok(())
+    }
+}

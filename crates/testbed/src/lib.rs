@@ -11,6 +11,25 @@
 //! The binaries come from `hack/testbed.sh`, which builds and caches them;
 //! see [`bin_dir`].
 //!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use atoll_testbed::{NodeSimulator, Testbed, TestbedConfig};
+//!
+//! let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+//! let [hub, member] = testbed.clusters() else { unreachable!() };
+//! let client = member.client().await?;
+//! let _node = NodeSimulator::start(client.clone(), "node-0").await?;
+//! let out = hub.kubectl().args(["get", "ns"]).output()?;
+//! assert!(out.status.success());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A test bed may also be shared by the tests of one binary (in a `static`
+//! `OnceLock`, say): statics are never dropped, but the parent-death signal
+//! still ends its processes when the test binary exits, and the next test
+//! bed to start removes its directory.
+//!
 //! # Invariants
 //!
 //! - Every child process dies with its [`Testbed`]: on drop (including
@@ -83,10 +102,14 @@ pub fn bin_dir() -> Result<PathBuf, Error> {
 /// The `etcd` binary: `ATOLL_TESTBED_ETCD`, else `etcd` in [`bin_dir`], else
 /// `/usr/bin/etcd` (Debian's `etcd-server`), else `etcd` on `PATH`.
 pub fn etcd_bin() -> Result<PathBuf, Error> {
+    find_etcd(bin_dir().ok().as_deref())
+}
+
+fn find_etcd(bin_dir: Option<&Path>) -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("ATOLL_TESTBED_ETCD") {
         return Ok(PathBuf::from(path));
     }
-    if let Ok(dir) = bin_dir()
+    if let Some(dir) = bin_dir
         && is_executable(&dir.join("etcd"))
     {
         return Ok(dir.join("etcd"));
@@ -132,4 +155,18 @@ fn find_on_path(binary: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(binary))
         .find(|candidate| is_executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// Test beds may be shared between tests (e.g. in a `static`).
+    #[test]
+    fn handles_are_send_and_sync() {
+        assert_send_sync::<crate::Testbed>();
+        assert_send_sync::<crate::Cluster>();
+        assert_send_sync::<crate::NodeSimulator>();
+        assert_send_sync::<crate::Error>();
+    }
 }

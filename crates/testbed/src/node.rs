@@ -450,7 +450,12 @@ impl Sim {
         let namespace = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let uid = pod.uid().unwrap_or_default();
-        let ip = self.pod_ip(pod).await.to_string();
+        let ip = if spec.host_network == Some(true) {
+            self.node_ip
+        } else {
+            self.pod_ip(pod).await
+        }
+        .to_string();
         let now = now_time();
         let started = pod
             .status

@@ -131,3 +131,23 @@ pub(crate) fn service_account_key() -> Result<(String, String), Error> {
     let key = KeyPair::generate()?;
     Ok((key.serialize_pem(), key.public_key_pem()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_carry_up_to_two_groups() -> Result<(), Error> {
+        let ca = Ca::new("test-ca")?;
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(ca.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+        ca.issue_client("alice", &[])?;
+        ca.issue_client("alice", &["a"])?;
+        ca.issue_client("alice", &["a", "b"])?;
+        assert!(matches!(
+            ca.issue_client("alice", &["a", "b", "c"]),
+            Err(Error::Config(_))
+        ));
+        Ok(())
+    }
+}

@@ -30,6 +30,9 @@ pub struct TestbedConfig {
     /// Where to create the test bed's directory. Default:
     /// `ATOLL_TESTBED_TMPDIR`, else the system's temporary directory.
     pub parent_dir: Option<PathBuf>,
+    /// Where `kube-apiserver` and `kube-controller-manager` (and optionally
+    /// `etcd`) are. Default: [`bin_dir`](crate::bin_dir).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for TestbedConfig {
@@ -40,6 +43,7 @@ impl Default for TestbedConfig {
             startup_timeout: Duration::from_secs(120),
             keep_dir: std::env::var_os("ATOLL_TESTBED_KEEP").is_some_and(|v| !v.is_empty()),
             parent_dir: None,
+            bin_dir: None,
         }
     }
 }
@@ -68,8 +72,11 @@ pub struct Testbed {
 
 impl Testbed {
     /// Starts one etcd and `cfg.clusters` clusters, and returns when all are
-    /// ready: `/readyz` answers `ok` and, with the controller manager, the
-    /// `default` service account in `default` has its token.
+    /// ready: `/readyz` answers `ok`, the `default` namespace exists and,
+    /// with the controller manager, the `default` service account in
+    /// `default` has its token. On failure everything started so far is
+    /// stopped again, and the error carries the end of the failing
+    /// component's log.
     pub async fn start(cfg: TestbedConfig) -> Result<Testbed, Error> {
         if cfg.clusters == 0 || cfg.clusters > MAX_CLUSTERS {
             return Err(Error::Config(format!(
@@ -77,8 +84,14 @@ impl Testbed {
                 cfg.clusters
             )));
         }
-        let bin_dir = crate::bin_dir()?;
-        let etcd_bin = crate::etcd_bin()?;
+        let bin_dir = match &cfg.bin_dir {
+            Some(dir) => {
+                crate::require_executable(dir, "kube-apiserver")?;
+                dir.clone()
+            }
+            None => crate::bin_dir()?,
+        };
+        let etcd_bin = crate::find_etcd(Some(&bin_dir))?;
         let started = Instant::now();
         let deadline = started + cfg.startup_timeout;
 
@@ -106,7 +119,7 @@ impl Testbed {
             tracing::info!(dir = %dir.path().display(), "keeping the test-bed directory");
         }
 
-        let etcd = Etcd::start(&etcd_bin, dir.path(), cfg.startup_timeout).await?;
+        let etcd = Etcd::start(&etcd_bin, dir.path(), deadline).await?;
         let etcd_url = etcd.url();
         let clusters = futures::future::try_join_all((0..cfg.clusters).map(|index| {
             let name = format!("cluster-{index}");

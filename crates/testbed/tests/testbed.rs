@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use atoll_testbed::{Cluster, NodeSimulator, Testbed, TestbedConfig};
+use atoll_testbed::{Cluster, Error, NodeSimulator, Testbed, TestbedConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Secret, Service};
 use kube::api::{
@@ -131,7 +131,7 @@ async fn rbac_confines_unbound_users() -> Result<()> {
         other => bail!("expected 403 Forbidden, got {other:?}"),
     }
 
-    // The same identity through kubectl, and its groups as RBAC sees them.
+    // The same user with a second group (a second O attribute), via kubectl.
     let kubeconfig = cluster.kubeconfig_for_user("nobody", &["atoll:testers", "second-group"])?;
     let output = std::process::Command::new(atoll_testbed::kubectl_bin())
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -165,7 +165,7 @@ async fn rbac_confines_unbound_users() -> Result<()> {
             "default",
         ],
     )?;
-    let client = atoll_testbed_client(&kubeconfig).await?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     eventually(
         "the rolebinding to take effect",
@@ -177,11 +177,13 @@ async fn rbac_confines_unbound_users() -> Result<()> {
     )
     .await?;
     let secrets: Api<Secret> = Api::namespaced(client, "default");
-    ensure!(secrets.list(&ListParams::default()).await.is_err());
-    Ok(())
+    match secrets.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
+        other => bail!("expected 403 Forbidden for secrets, got {other:?}"),
+    }
 }
 
-async fn atoll_testbed_client(kubeconfig: &Path) -> Result<Client> {
+async fn client_from_kubeconfig(kubeconfig: &Path) -> Result<Client> {
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kubeconfig)?,
         &kube::config::KubeConfigOptions::default(),
@@ -350,6 +352,53 @@ async fn drop_kills_every_process_and_removes_the_directory() -> Result<()> {
     }
     ensure!(!dir.exists(), "{} survived the test bed", dir.display());
     Ok(())
+}
+
+#[tokio::test]
+async fn missing_binaries_name_the_build_script() -> Result<()> {
+    let empty = tempfile::tempdir()?;
+    let result = Testbed::start(TestbedConfig {
+        bin_dir: Some(empty.path().to_path_buf()),
+        ..TestbedConfig::default()
+    })
+    .await;
+    match result {
+        Err(e @ Error::MissingBinary { .. }) => {
+            ensure!(e.to_string().contains("hack/testbed.sh"), "{e}");
+            Ok(())
+        }
+        other => bail!("expected MissingBinary, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_failing_api_server_is_reported_with_its_log() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    init_tracing();
+    let bin = tempfile::tempdir()?;
+    let fake = bin.path().join("kube-apiserver");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'simulated failure: bad flag' >&2\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755))?;
+    let result = Testbed::start(TestbedConfig {
+        bin_dir: Some(bin.path().to_path_buf()),
+        controller_manager: false,
+        startup_timeout: Duration::from_secs(30),
+        ..TestbedConfig::default()
+    })
+    .await;
+    match result {
+        Err(Error::Startup {
+            component, tail, ..
+        }) => {
+            ensure!(component == "kube-apiserver (cluster-0)", "{component}");
+            ensure!(tail.contains("simulated failure: bad flag"), "{tail}");
+            Ok(())
+        }
+        other => bail!("expected a startup error, got {other:?}"),
+    }
 }
 
 const CHILD_ENV: &str = "ATOLL_TESTBED_KILLED_PARENT_CHILD";
