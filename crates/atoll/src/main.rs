@@ -1,7 +1,7 @@
 //! `atoll`: the one binary. Each subcommand is a thin shell over a library crate.
 
 mod cmd;
-mod hub;
+mod connect;
 
 use clap::{Parser, Subcommand};
 
@@ -33,7 +33,7 @@ enum Command {
     Controller(cmd::controller::Args),
     /// Serve `clusterset.local` (Multi-Cluster Services DNS) from a cluster's ServiceImports
     /// and EndpointSlices, over UDP and TCP, until SIGTERM or SIGINT.
-    Dns(DnsArgs),
+    Dns(cmd::dns::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
         Command::Get(args) => runtime()?.block_on(cmd::get::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
-        Command::Dns(args) => runtime()?.block_on(dns(args)),
+        Command::Dns(args) => runtime()?.block_on(cmd::dns::run(args)),
     }
 }
 
@@ -60,64 +60,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// Flags of `atoll dns`.
-#[derive(clap::Args)]
-struct DnsArgs {
-    /// Kubeconfig of the cluster to serve. When unset: `KUBECONFIG`, `~/.kube/config`, then
-    /// the in-cluster service account.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<std::path::PathBuf>,
-    /// Context in the kubeconfig.
-    #[arg(long, value_name = "CONTEXT")]
-    context: Option<String>,
-    /// Address to serve on, UDP and TCP.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
-    listen: std::net::SocketAddr,
-    /// Zone to serve.
-    #[arg(long, value_name = "ZONE", default_value = atoll_dns::model::DEFAULT_ZONE)]
-    zone: String,
-    /// Name of the zone's name server, in NS and SOA records [default: ns.dns.<zone>].
-    #[arg(long, value_name = "NAME")]
-    ns_name: Option<String>,
-    /// Address of the name server, for its A/AAAA record and NS glue; repeatable.
-    #[arg(long = "ns-address", value_name = "IP")]
-    ns_addresses: Vec<std::net::IpAddr>,
-}
-
-async fn dns(args: DnsArgs) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let options = kube::config::KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
-        None => kube::Config::infer().await?,
-    };
-    let client = kube::Client::try_from(config)?;
-    let mut zone = atoll_dns::ZoneConfig::new(&args.zone)?.with_ns_addresses(args.ns_addresses);
-    if let Some(name) = &args.ns_name {
-        zone = zone.with_ns_name(name)?;
-    }
-    let cancel = atoll_dns::CancellationToken::new();
-    let on_signal = cancel.clone();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-        on_signal.cancel();
-    });
-    let listen = args.listen;
-    atoll_dns::run(client, atoll_dns::Options { listen, zone }, cancel).await?;
-    Ok(())
 }

@@ -112,3 +112,85 @@ async fn join_get_and_unjoin_from_the_command_line() -> Result {
     assert_eq!(table.lines().count(), 1, "only the header is left: {table}");
     Ok(())
 }
+
+#[tokio::test]
+async fn atoll_dns_answers_from_a_cluster_and_stops_on_sigterm() -> Result {
+    let testbed = Testbed::start(TestbedConfig {
+        controller_manager: false,
+        ..TestbedConfig::with_clusters(1)
+    })
+    .await?;
+    let cluster = &testbed.clusters()[0];
+    let kubeconfig = cluster.kubeconfig_path();
+    let crds = ok(atoll(kubeconfig, &["crds"])?)?;
+    let mut apply = cluster
+        .kubectl()
+        .args(["apply", "--validate=false", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::io::Write::write_all(apply.stdin.as_mut().ok_or("stdin")?, crds.as_bytes())?;
+    assert!(apply.wait()?.success());
+    let established = cluster
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ])
+        .output()?;
+    assert!(established.status.success(), "{established:?}");
+    let import = r#"{"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+        "metadata": {"name": "myservice", "namespace": "default"},
+        "spec": {"type": "ClusterSetIP", "ips": ["1.2.3.4"], "ports": [{"port": 80, "protocol": "TCP"}]}}"#;
+    let mut create = cluster
+        .kubectl()
+        .args(["create", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::io::Write::write_all(create.stdin.as_mut().ok_or("stdin")?, import.as_bytes())?;
+    assert!(create.wait()?.success());
+
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut dns = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["dns", "--listen", &format!("127.0.0.1:{port}")])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answer = loop {
+        let dig = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "myservice.default.svc.clusterset.local",
+                "A",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&dig.stdout).trim().to_owned();
+        if text == "1.2.3.4" || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let signalled = Command::new("kill")
+        .args(["-TERM", &dns.id().to_string()])
+        .status()?;
+    assert!(signalled.success());
+    let status = dns.wait()?;
+    assert_eq!(answer, "1.2.3.4", "dig answered {answer:?}");
+    assert!(
+        status.success(),
+        "atoll dns exited with {status:?} on SIGTERM"
+    );
+    Ok(())
+}

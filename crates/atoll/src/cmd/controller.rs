@@ -8,7 +8,7 @@ use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE, status::Heal
 use atoll_controllers::leader::{Elector, LeaseConfig};
 use tracing::info;
 
-use crate::hub::HubArgs;
+use crate::connect::ClusterArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value = "atoll-controller")]
     lease_name: String,
     #[command(flatten)]
-    hub: HubArgs,
+    hub: ClusterArgs,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {

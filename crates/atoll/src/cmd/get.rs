@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
-use crate::hub::HubArgs;
+use crate::connect::ClusterArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +42,7 @@ struct ClustersArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
     #[command(flatten)]
-    hub: HubArgs,
+    hub: ClusterArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

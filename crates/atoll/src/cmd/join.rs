@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE};
 use kube::config::Kubeconfig;
 
-use crate::hub::HubArgs;
+use crate::connect::ClusterArgs;
 
 #[derive(clap::Args)]
 pub struct JoinArgs {
@@ -34,7 +34,7 @@ pub struct JoinArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
     #[command(flatten)]
-    hub: HubArgs,
+    hub: ClusterArgs,
 }
 
 #[derive(clap::Args)]
@@ -48,7 +48,7 @@ pub struct UnjoinArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
     #[command(flatten)]
-    hub: HubArgs,
+    hub: ClusterArgs,
 }
 
 fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {

@@ -2,5 +2,6 @@
 
 pub mod controller;
 pub mod crds;
+pub mod dns;
 pub mod get;
 pub mod join;

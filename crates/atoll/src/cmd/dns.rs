@@ -1,0 +1,42 @@
+//! `atoll dns`.
+
+use crate::cmd::controller::shutdown_signal;
+use crate::connect::ClusterArgs;
+
+/// Flags of `atoll dns`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to serve on, UDP and TCP.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:53")]
+    listen: std::net::SocketAddr,
+    /// Zone to serve.
+    #[arg(long, value_name = "ZONE", default_value = atoll_dns::model::DEFAULT_ZONE)]
+    zone: String,
+    /// Name of the zone's name server, in NS and SOA records [default: ns.dns.<zone>].
+    #[arg(long, value_name = "NAME")]
+    ns_name: Option<String>,
+    /// Address of the name server, for its A/AAAA record and NS glue; repeatable.
+    #[arg(long = "ns-address", value_name = "IP")]
+    ns_addresses: Vec<std::net::IpAddr>,
+    /// The cluster whose ServiceImports and EndpointSlices are served.
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = args.cluster.client().await?;
+    let mut zone = atoll_dns::ZoneConfig::new(&args.zone)?.with_ns_addresses(args.ns_addresses);
+    if let Some(name) = &args.ns_name {
+        zone = zone.with_ns_name(name)?;
+    }
+    let cancel = atoll_dns::CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.cancel();
+    });
+    let listen = args.listen;
+    atoll_dns::run(client, atoll_dns::Options { listen, zone }, cancel).await?;
+    Ok(())
+}
