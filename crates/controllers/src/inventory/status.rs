@@ -30,6 +30,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Client, ResourceExt};
@@ -228,7 +229,12 @@ pub async fn run(
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
     let config = watcher::Config::default()
         .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
-    let mut events = watcher::watcher(profiles, config).default_backoff().boxed();
+    // Workers read profiles from this cache, so a steady fleet costs the hub no reads.
+    let (cache, writer) = reflector::store();
+    let mut events = watcher::watcher(profiles, config)
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
     let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
     tokio::pin!(shutdown);
@@ -252,6 +258,7 @@ pub async fn run(
                     info!(cluster = %name, "watching cluster");
                     tokio::spawn(cluster_worker(
                         hub.clone(),
+                        cache.clone(),
                         manager_namespace.clone(),
                         name,
                         health,
@@ -286,15 +293,17 @@ pub async fn run(
 /// Keeps one cluster's profile status up to date until aborted.
 async fn cluster_worker(
     hub: Client,
+    cache: reflector::Store<ClusterProfile>,
     manager_namespace: String,
     name: String,
     health: HealthConfig,
 ) {
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let key = ObjectRef::new(&name).within(&manager_namespace);
     let mut tracker = HealthTracker::new(health);
     let mut member: Option<Client> = None;
     let properties_changed = Arc::new(Notify::new());
-    let mut properties: Option<(reflector::Store<ClusterProperty>, JoinHandle<()>)> = None;
+    let mut properties: Option<(reflector::Store<ClusterProperty>, AbortOnDrop)> = None;
     let mut ticker = tokio::time::interval(health.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -335,6 +344,7 @@ async fn cluster_worker(
         let observed = properties.as_ref().map(|(store, _)| store.state());
         if let Err(error) = publish(
             &profiles,
+            cache.get(&key),
             &name,
             probe_due.then_some(&tracker),
             version,
@@ -347,10 +357,19 @@ async fn cluster_worker(
     }
 }
 
+/// Aborts a task when dropped: a worker's watch of its member ends with the worker.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn watch_properties(
     member: Client,
     changed: Arc<Notify>,
-) -> (reflector::Store<ClusterProperty>, JoinHandle<()>) {
+) -> (reflector::Store<ClusterProperty>, AbortOnDrop) {
     let (reader, writer) = reflector::store();
     let stream = watcher::watcher(
         Api::<ClusterProperty>::all(member),
@@ -367,18 +386,19 @@ fn watch_properties(
             }
         }
     });
-    (reader, task)
+    (reader, AbortOnDrop(task))
 }
 
 /// Writes the status fields that differ from what the profile shows.
 async fn publish(
     profiles: &Api<ClusterProfile>,
+    cached: Option<Arc<ClusterProfile>>,
     name: &str,
     health: Option<&HealthTracker>,
     version: Option<String>,
     observed: Option<Vec<Arc<ClusterProperty>>>,
 ) -> Result<(), kube::Error> {
-    let Some(profile) = profiles.get_opt(name).await? else {
+    let Some(profile) = cached else {
         return Ok(());
     };
     let current = profile.status.clone().unwrap_or_default();
