@@ -43,7 +43,19 @@ fn options(name: &str, member: &Cluster) -> Result<JoinOptions> {
 /// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
 /// cluster's own controllers churn (events, leases, endpoints).
 async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, String)>> {
-    let discovery = Discovery::new(client.clone()).run().await?;
+    // Discovery fails with 404 when a CRD goes away between listing the groups and reading
+    // one; while the member converges after unjoin, that is expected, so try again.
+    let mut attempts = 0;
+    let discovery = loop {
+        match Discovery::new(client.clone()).run().await {
+            Ok(discovery) => break discovery,
+            Err(kube::Error::Api(status)) if status.code == 404 && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut objects = BTreeSet::new();
     for group in discovery.groups() {
         for (resource, caps) in group.recommended_resources() {

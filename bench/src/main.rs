@@ -1,0 +1,309 @@
+//! `atoll-bench`: benchmarks that print figures for BENCHMARKS.md.
+//!
+//! `inventory-health`: the hub-side cost of health checking and property watching for many
+//! push-mode clusters. A real kube-apiserver (from the test bed) is the hub; one stub HTTPS
+//! server stands in for every member. Fleets of each size run side by side in one run, so
+//! the figures compare as ratios on a noisy machine.
+
+mod stub;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use atoll_api::cluster_profile::{
+    ATOLL_CLUSTER_MANAGER, ClusterManager, ClusterProfile, ClusterProfileSpec,
+    LABEL_CLUSTER_MANAGER,
+};
+use atoll_controllers::inventory::{
+    self, MEMBER_KUBECONFIG_KEY, MEMBER_KUBECONFIG_SECRET, cluster_namespace,
+};
+use base64::Engine;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+
+#[derive(Parser)]
+enum Bench {
+    /// Hub CPU and memory of `atoll controller` health-checking N clusters.
+    InventoryHealth {
+        /// Fleet sizes, measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        clusters: Vec<usize>,
+        /// Seconds of steady state to measure, after every cluster is healthy.
+        #[arg(long, default_value_t = 60)]
+        steady_seconds: u64,
+        /// Seconds between health probes (KubeFed's default is 10).
+        #[arg(long, default_value_t = 10)]
+        health_period: u64,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Bench::parse() {
+        Bench::InventoryHealth {
+            clusters,
+            steady_seconds,
+            health_period,
+            atoll,
+        } => inventory_health(clusters, steady_seconds, health_period, atoll).await,
+    }
+}
+
+struct Figures {
+    clusters: usize,
+    all_healthy: Duration,
+    cpu_percent: f64,
+    rss_mib: f64,
+}
+
+async fn inventory_health(
+    sizes: Vec<usize>,
+    steady_seconds: u64,
+    health_period: u64,
+    atoll: PathBuf,
+) -> anyhow::Result<()> {
+    if !atoll.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p atoll` first",
+            atoll.display()
+        );
+    }
+    eprintln!("starting a test-bed hub and a stub member");
+    let testbed = atoll_testbed::Testbed::start(atoll_testbed::TestbedConfig {
+        controller_manager: false,
+        ..atoll_testbed::TestbedConfig::with_clusters(1)
+    })
+    .await?;
+    let hub_cluster = &testbed.clusters()[0];
+    let hub = hub_cluster.client().await?;
+    install_crds(&hub).await?;
+    let stub = stub::start().await?;
+
+    let mut results = Vec::new();
+    let mut registered = 0;
+    for size in sizes {
+        eprintln!("registering clusters {registered}..{size}");
+        futures::stream::iter(registered..size)
+            .map(|i| register(hub.clone(), i, &stub))
+            .buffer_unordered(16)
+            .try_collect::<Vec<_>>()
+            .await?;
+        registered = registered.max(size);
+        results.push(
+            measure(
+                &hub,
+                hub_cluster,
+                &atoll,
+                size,
+                steady_seconds,
+                health_period,
+            )
+            .await?,
+        );
+    }
+
+    println!(
+        "| clusters | all healthy after | controller CPU (% of one core) | controller RSS (MiB) |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for f in &results {
+        println!(
+            "| {} | {:.1} s | {:.2} % | {:.1} |",
+            f.clusters,
+            f.all_healthy.as_secs_f64(),
+            f.cpu_percent,
+            f.rss_mib
+        );
+    }
+    if let (Some(first), Some(last)) = (results.first(), results.last())
+        && results.len() > 1
+    {
+        println!(
+            "\n{}x the clusters cost {:.2}x the CPU and {:.2}x the memory.",
+            last.clusters / first.clusters.max(1),
+            last.cpu_percent / first.cpu_percent.max(f64::EPSILON),
+            last.rss_mib / first.rss_mib.max(f64::EPSILON)
+        );
+    }
+    Ok(())
+}
+
+async fn install_crds(hub: &kube::Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(hub.clone());
+    for crd in atoll_api::crds()? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await??;
+    }
+    let namespaces: Api<Namespace> = Api::all(hub.clone());
+    let manager = Namespace {
+        metadata: ObjectMeta {
+            name: Some(inventory::DEFAULT_MANAGER_NAMESPACE.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match namespaces.create(&PostParams::default(), &manager).await {
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What `atoll join` leaves on the hub for one cluster, pointing at the stub.
+async fn register(hub: kube::Client, index: usize, stub: &stub::Stub) -> anyhow::Result<()> {
+    let name = format!("stub-{index:04}");
+    let namespace = cluster_namespace(&name);
+    Api::<Namespace>::all(hub.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(namespace.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "stub",
+        "clusters": [{"name": "stub", "cluster": {
+            "server": format!("https://{}", stub.addr),
+            "certificate-authority-data":
+                base64::engine::general_purpose::STANDARD.encode(&stub.ca_pem)}}],
+        "users": [{"name": "stub", "user": {"token": "stub"}}],
+        "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
+    });
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(MEMBER_KUBECONFIG_SECRET.into()),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            MEMBER_KUBECONFIG_KEY.to_owned(),
+            ByteString(serde_saphyr::to_string(&kubeconfig)?.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(hub.clone(), &namespace)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let mut profile = ClusterProfile::new(
+        &name,
+        ClusterProfileSpec {
+            display_name: None,
+            cluster_manager: ClusterManager {
+                name: ATOLL_CLUSTER_MANAGER.into(),
+            },
+            taints: Vec::new(),
+        },
+    );
+    profile.metadata.labels = Some(BTreeMap::from([(
+        LABEL_CLUSTER_MANAGER.to_owned(),
+        ATOLL_CLUSTER_MANAGER.to_owned(),
+    )]));
+    Api::<ClusterProfile>::namespaced(hub, inventory::DEFAULT_MANAGER_NAMESPACE)
+        .create(&PostParams::default(), &profile)
+        .await?;
+    Ok(())
+}
+
+async fn measure(
+    hub: &kube::Client,
+    hub_cluster: &atoll_testbed::Cluster,
+    atoll: &std::path::Path,
+    clusters: usize,
+    steady_seconds: u64,
+    health_period: u64,
+) -> anyhow::Result<Figures> {
+    eprintln!("measuring {clusters} clusters");
+    let started = Instant::now();
+    let mut controller = std::process::Command::new(atoll)
+        .args(["controller", "--health-period", &health_period.to_string()])
+        .env("KUBECONFIG", hub_cluster.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("starting atoll controller")?;
+    let pid = controller.id();
+    let profiles: Api<ClusterProfile> =
+        Api::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE);
+    let all_healthy = loop {
+        let healthy = profiles
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    atoll_api::conditions::is_true(&s.conditions, "ControlPlaneHealthy")
+                })
+            })
+            .count();
+        if healthy >= clusters {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("only {healthy} of {clusters} clusters healthy after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let before = cpu_ticks(pid)?;
+    tokio::time::sleep(Duration::from_secs(steady_seconds)).await;
+    let after = cpu_ticks(pid)?;
+    let rss_mib = rss_kib(pid)? as f64 / 1024.0;
+    // 100 ticks per second on Linux.
+    let cpu_percent = (after - before) as f64 / steady_seconds as f64;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    controller.wait()?;
+    Ok(Figures {
+        clusters,
+        all_healthy,
+        cpu_percent,
+        rss_mib,
+    })
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
