@@ -24,9 +24,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 
 #[derive(Parser)]
 enum Bench {
@@ -139,20 +137,7 @@ async fn inventory_health(
 }
 
 async fn install_crds(hub: &kube::Client) -> anyhow::Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(hub.clone());
-    for crd in atoll_api::crds()? {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await??;
-    }
+    atoll_testbed::install_crds(hub, atoll_api::crds()?).await?;
     let namespaces: Api<Namespace> = Api::all(hub.clone());
     let manager = Namespace {
         metadata: ObjectMeta {

@@ -26,15 +26,11 @@ fn ok(output: Output) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
-#[tokio::test]
-async fn join_get_and_unjoin_from_the_command_line() -> Result {
-    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
-    let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub_kubeconfig = hub.kubeconfig_path();
-
-    // Install the CRDs the way the README says, with the hub's kubectl.
-    let crds = ok(atoll(hub_kubeconfig, &["crds"])?)?;
-    let mut apply = hub
+/// `atoll crds | kubectl apply -f -` (with `--validate=false`, which 1.20 needs), then waits
+/// for the CRDs to be Established.
+fn install_crds_as_the_readme_says(cluster: &atoll_testbed::Cluster) -> Result {
+    let crds = ok(atoll(cluster.kubeconfig_path(), &["crds"])?)?;
+    let mut apply = cluster
         .kubectl()
         .args(["apply", "--validate=false", "-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -44,7 +40,7 @@ async fn join_get_and_unjoin_from_the_command_line() -> Result {
     std::io::Write::write_all(apply.stdin.as_mut().ok_or("stdin")?, crds.as_bytes())?;
     let applied = apply.wait_with_output()?;
     assert!(applied.status.success(), "{applied:?}");
-    let established = hub
+    let established = cluster
         .kubectl()
         .args([
             "wait",
@@ -55,6 +51,16 @@ async fn join_get_and_unjoin_from_the_command_line() -> Result {
         ])
         .output()?;
     assert!(established.status.success(), "{established:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn join_get_and_unjoin_from_the_command_line() -> Result {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+    let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub_kubeconfig = hub.kubeconfig_path();
+
+    install_crds_as_the_readme_says(hub)?;
 
     let member_kubeconfig = member.kubeconfig_path().to_string_lossy().into_owned();
     let joined = ok(atoll(
@@ -122,26 +128,7 @@ async fn atoll_dns_answers_from_a_cluster_and_stops_on_sigterm() -> Result {
     .await?;
     let cluster = &testbed.clusters()[0];
     let kubeconfig = cluster.kubeconfig_path();
-    let crds = ok(atoll(kubeconfig, &["crds"])?)?;
-    let mut apply = cluster
-        .kubectl()
-        .args(["apply", "--validate=false", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    std::io::Write::write_all(apply.stdin.as_mut().ok_or("stdin")?, crds.as_bytes())?;
-    assert!(apply.wait()?.success());
-    let established = cluster
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ])
-        .output()?;
-    assert!(established.status.success(), "{established:?}");
+    install_crds_as_the_readme_says(cluster)?;
     let import = r#"{"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
         "metadata": {"name": "myservice", "namespace": "default"},
         "spec": {"type": "ClusterSetIP", "ips": ["1.2.3.4"], "ports": [{"port": 80, "protocol": "TCP"}]}}"#;

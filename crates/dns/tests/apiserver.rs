@@ -13,32 +13,15 @@ use atoll_api::mcs::ServiceImport;
 use atoll_dns::{Model, ZoneConfig};
 use atoll_testbed::{Testbed, TestbedConfig};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 
 use common::Running;
 
 /// Installs Atoll's CRDs (409 is fine) and waits until each is Established.
 async fn install_crds(client: &kube::Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in atoll_api::crds()? {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
-        }
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .with_context(|| format!("CRD {name} not Established within 30 s"))??;
-    }
-    Ok(())
+    Ok(atoll_testbed::install_crds(client, atoll_api::crds()?).await?)
 }
 
 /// The EndpointSlice resource to write: v1beta1 when served (as on 1.20), else v1.

@@ -48,6 +48,7 @@
 //! any other Atoll crate; it speaks only to Kubernetes.
 
 mod cluster;
+mod crds;
 mod error;
 mod etcd;
 mod kubeconfig;
@@ -60,6 +61,7 @@ mod testbed;
 use std::path::{Path, PathBuf};
 
 pub use cluster::Cluster;
+pub use crds::install_crds;
 pub use error::Error;
 pub use node::NodeSimulator;
 pub use testbed::{Testbed, TestbedConfig};

@@ -5,15 +5,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use atoll_testbed::{Testbed, TestbedConfig};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::Value;
 
 /// One API server, no controller manager: enough for CRD tests.
@@ -27,30 +24,8 @@ pub async fn start_one_cluster() -> Result<Testbed> {
 }
 
 /// Installs every Atoll CRD and waits until each is Established.
-///
-/// Create-or-replace rather than server-side apply: Kubernetes before 1.25 does not know
-/// `x-kubernetes-validations`, which its JSON decoding drops but server-side apply refuses.
 pub async fn install_crds(client: &kube::Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in atoll_api::crds()? {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        match api.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let mut desired = crd.clone();
-                desired.metadata.resource_version = api.get(&name).await?.metadata.resource_version;
-                api.replace(&name, &PostParams::default(), &desired).await?;
-            }
-            Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
-        }
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .with_context(|| format!("CRD {name} not Established within 30 s"))??;
-    }
-    Ok(())
+    Ok(atoll_testbed::install_crds(client, atoll_api::crds()?).await?)
 }
 
 pub async fn create_namespace(client: &kube::Client, name: &str) -> Result<()> {
