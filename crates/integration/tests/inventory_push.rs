@@ -85,6 +85,27 @@ async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, S
     Ok(objects)
 }
 
+/// Waits until the cluster's objects are exactly `before` again (namespaces and CRDs take a
+/// moment to go), or fails listing what differs.
+async fn converges_to(
+    client: &Client,
+    before: &BTreeSet<(String, String, String, String)>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let after = snapshot(client).await?;
+        if after == *before {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let added: Vec<_> = after.difference(before).collect();
+            let removed: Vec<_> = before.difference(&after).collect();
+            bail!("the member differs after unjoin:\nadded {added:#?}\nremoved {removed:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test]
 async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     let testbed = hub_and_member().await?;
@@ -188,19 +209,7 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     ensure!(profiles.get_opt("member-1").await?.is_none());
 
     // The member converges to exactly what it had: namespaces and CRDs take a moment to go.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let after = snapshot(&member).await?;
-        if after == before {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let added: Vec<_> = after.difference(&before).collect();
-            let removed: Vec<_> = before.difference(&after).collect();
-            bail!("the member differs after unjoin:\nadded {added:#?}\nremoved {removed:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    converges_to(&member, &before).await?;
 
     // Unjoining what is not joined is a clear error.
     match inventory::unjoin(
@@ -305,4 +314,61 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
         "refused joins left objects on the hub: {added:#?}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays() -> Result<()> {
+    let testbed = hub_and_member().await?;
+    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub = hub_cluster.client().await?;
+    let member = member_cluster.client().await?;
+
+    // The member's operators installed the About API themselves and named the cluster.
+    let about_crd = atoll_api::crds()?
+        .into_iter()
+        .filter(|c| c.spec.group == atoll_api::about::GROUP);
+    atoll_testbed::install_crds(&member, about_crd).await?;
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    properties
+        .create(
+            &kube::api::PostParams::default(),
+            &ClusterProperty::new(
+                CLUSTER_ID_PROPERTY,
+                atoll_api::about::ClusterPropertySpec {
+                    value: "eu-west-7".into(),
+                },
+            ),
+        )
+        .await?;
+    let before = snapshot(&member).await?;
+
+    let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
+    ensure!(
+        joined.cluster_id == "eu-west-7",
+        "the member's own ID is kept"
+    );
+
+    // Asking for another ID is refused, not silently ignored.
+    let mut other_id = options("member-1", member_cluster)?;
+    other_id.cluster_id = Some("something-else".into());
+    match inventory::join(&hub, &other_id).await {
+        Err(e @ JoinError::ClusterIdMismatch { .. }) => {
+            ensure!(e.to_string().contains("eu-west-7"), "{e}")
+        }
+        other => bail!("expected ClusterIdMismatch, got {other:?}"),
+    }
+
+    inventory::unjoin(
+        &hub,
+        &UnjoinOptions {
+            name: "member-1".into(),
+            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
+            force: false,
+        },
+    )
+    .await?;
+    // The operators' CRD and ID stay; only Atoll's own objects went.
+    ensure!(properties.get(CLUSTER_ID_PROPERTY).await?.spec.value == "eu-west-7");
+    ensure!(properties.get_opt(CLUSTER_SET_PROPERTY).await?.is_none());
+    converges_to(&member, &before).await
 }

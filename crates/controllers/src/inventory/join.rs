@@ -73,6 +73,16 @@ pub enum JoinError {
         /// The cluster that has it.
         existing_cluster: String,
     },
+    /// The member already has a different cluster ID.
+    #[error(
+        "the member's cluster.clusterset.k8s.io ClusterProperty already says {existing:?}, not {wanted:?}; a cluster ID must not change while it is in use (omit --cluster-id to keep it)"
+    )]
+    ClusterIdMismatch {
+        /// The ID the member has.
+        existing: String,
+        /// The ID asked for.
+        wanted: String,
+    },
     /// The member belongs to another ClusterSet.
     #[error(
         "the member is already in ClusterSet {existing:?} (its clusterset.k8s.io ClusterProperty says so), not {wanted:?}; unjoin it from that ClusterSet first"
@@ -186,9 +196,17 @@ pub async fn join(hub: &Client, options: &JoinOptions) -> Result<Joined, JoinErr
                 server: server.clone(),
                 source,
             })?;
-    let cluster_id = match &options.cluster_id {
-        Some(id) => id.clone(),
-        None => kube_system_uid(&member).await?,
+    let cluster_id = match (existing_cluster_id(&member).await?, &options.cluster_id) {
+        // The member already knows its ID (set by its operators or an earlier join): it stays.
+        (Some(existing), Some(wanted)) if existing != *wanted => {
+            return Err(JoinError::ClusterIdMismatch {
+                existing,
+                wanted: wanted.clone(),
+            });
+        }
+        (Some(existing), _) => existing,
+        (None, Some(wanted)) => wanted.clone(),
+        (None, None) => kube_system_uid(&member).await?,
     };
     validate_cluster_id(&cluster_id)?;
     check_collisions(hub, options, &cluster_id).await?;
@@ -249,11 +267,12 @@ async fn join_steps(
             .map_err(on_member(format!("creating ClusterProperty {name}")))?;
         if ensured == Ensured::Created {
             undo.push(Undo::MemberClusterProperty(name.to_owned()));
-        } else if stored.spec.value != value {
-            // An ID set by the member's own operators wins unless --cluster-id says otherwise;
-            // check_collisions has already vetted the ID we use.
-            warn!(property = name, existing = %stored.spec.value, wanted = %value,
-                "the member already has this ClusterProperty with another value; keeping it");
+        } else if name == CLUSTER_ID_PROPERTY && stored.spec.value != value {
+            // Changed since join read it: someone else is writing the member's identity.
+            return Err(JoinError::ClusterIdMismatch {
+                existing: stored.spec.value,
+                wanted: value.to_owned(),
+            });
         }
     }
     let token = install_member_identity(member, options.token_timeout, undo).await?;
@@ -405,6 +424,19 @@ async fn member_client(
     let client =
         Client::try_from(config.clone()).map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
     Ok((client, config))
+}
+
+/// The member's `cluster.clusterset.k8s.io`, if it has one (and the About API at all).
+async fn existing_cluster_id(member: &Client) -> Result<Option<String>, JoinError> {
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    match properties.get_opt(CLUSTER_ID_PROPERTY).await {
+        Ok(property) => Ok(property.map(|p| p.spec.value)),
+        // No ClusterProperty CRD: no ID yet.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(e) => Err(on_member(
+            "reading the cluster.clusterset.k8s.io ClusterProperty",
+        )(e)),
+    }
 }
 
 async fn kube_system_uid(member: &Client) -> Result<String, JoinError> {
