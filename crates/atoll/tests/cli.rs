@@ -181,3 +181,63 @@ async fn atoll_dns_answers_from_a_cluster_and_stops_on_sigterm() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn atoll_controller_leads_and_releases_its_lease_on_sigterm() -> Result {
+    let testbed = Testbed::start(TestbedConfig {
+        controller_manager: false,
+        ..TestbedConfig::with_clusters(1)
+    })
+    .await?;
+    let hub = &testbed.clusters()[0];
+    install_crds_as_the_readme_says(hub)?;
+    let created = hub
+        .kubectl()
+        .args(["create", "namespace", "atoll-system"])
+        .output()?;
+    assert!(created.status.success(), "{created:?}");
+
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["controller"])
+        .env("KUBECONFIG", hub.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let holder = || -> Result<String> {
+        let output = hub
+            .kubectl()
+            .args([
+                "get",
+                "lease",
+                "atoll-controller",
+                "-n",
+                "atoll-system",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let leader = loop {
+        let leader = holder()?;
+        if !leader.is_empty() || std::time::Instant::now() > deadline {
+            break leader;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let signalled = Command::new("kill")
+        .args(["-TERM", &controller.id().to_string()])
+        .status()?;
+    assert!(signalled.success());
+    let status = controller.wait()?;
+    assert!(
+        leader.ends_with(&controller.id().to_string()),
+        "the controller took the lease: holder {leader:?}"
+    );
+    assert!(
+        status.success(),
+        "atoll controller exited with {status:?} on SIGTERM"
+    );
+    assert_eq!(holder()?, "", "the lease is released on SIGTERM");
+    Ok(())
+}
