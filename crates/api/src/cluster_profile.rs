@@ -143,6 +143,13 @@ pub struct ClusterProfileStatus {
     pub credential_providers: Vec<AccessProvider>,
 }
 
+impl ClusterProfileStatus {
+    /// The property of this name, if the profile records it.
+    pub fn property(&self, name: &str) -> Option<&Property> {
+        self.properties.iter().find(|p| p.name == name)
+    }
+}
+
 /// Versions of the cluster's components.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterVersion {

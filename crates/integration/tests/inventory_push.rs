@@ -40,6 +40,14 @@ fn options(name: &str, member: &Cluster) -> Result<JoinOptions> {
     })
 }
 
+fn unjoin_options(name: &str) -> UnjoinOptions {
+    UnjoinOptions {
+        name: name.to_owned(),
+        manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.to_owned(),
+        force: false,
+    }
+}
+
 /// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
 /// cluster's own controllers churn (events, leases, endpoints).
 async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, String)>> {
@@ -151,16 +159,14 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
         status.conditions
     );
     ensure!(
-        status.version.and_then(|v| v.kubernetes).as_deref() == Some("v1.20.2"),
+        status
+            .version
+            .as_ref()
+            .and_then(|v| v.kubernetes.as_deref())
+            == Some("v1.20.2"),
         "version from the member's /version"
     );
-    let property = |name: &str| {
-        status
-            .properties
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.value.clone())
-    };
+    let property = |name: &str| status.property(name).map(|p| p.value.clone());
     ensure!(property(CLUSTER_ID_PROPERTY) == Some(kube_system_uid.clone()));
     ensure!(property(CLUSTER_SET_PROPERTY).as_deref() == Some(SET));
     let provider = status.access_providers.first().context("access provider")?;
@@ -196,15 +202,7 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     let again = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
     ensure!(!again.created && again.cluster_id == kube_system_uid);
 
-    let unjoined = inventory::unjoin(
-        &hub,
-        &UnjoinOptions {
-            name: "member-1".into(),
-            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
-            force: false,
-        },
-    )
-    .await?;
+    let unjoined = inventory::unjoin(&hub, &unjoin_options("member-1")).await?;
     ensure!(unjoined.member_cleaned);
     ensure!(profiles.get_opt("member-1").await?.is_none());
 
@@ -212,16 +210,7 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     converges_to(&member, &before).await?;
 
     // Unjoining what is not joined is a clear error.
-    match inventory::unjoin(
-        &hub,
-        &UnjoinOptions {
-            name: "member-1".into(),
-            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
-            force: false,
-        },
-    )
-    .await
-    {
+    match inventory::unjoin(&hub, &unjoin_options("member-1")).await {
         Err(JoinError::NotJoined { .. }) => {}
         Err(e) if hub_namespace_terminating(&hub, &namespace).await => {
             // The hub namespace may still be terminating; that is still "joined" to a hub.
@@ -358,15 +347,7 @@ async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
         other => bail!("expected ClusterIdMismatch, got {other:?}"),
     }
 
-    inventory::unjoin(
-        &hub,
-        &UnjoinOptions {
-            name: "member-1".into(),
-            manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
-            force: false,
-        },
-    )
-    .await?;
+    inventory::unjoin(&hub, &unjoin_options("member-1")).await?;
     // The operators' CRD and ID stay; only Atoll's own objects went.
     ensure!(properties.get(CLUSTER_ID_PROPERTY).await?.spec.value == "eu-west-7");
     ensure!(properties.get_opt(CLUSTER_SET_PROPERTY).await?.is_none());

@@ -116,10 +116,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
         "the property mirrored",
         async || {
             let status = get().await?.status.unwrap_or_default();
-            Ok(status
-                .properties
-                .into_iter()
-                .find(|p| p.name == "region.example.com"))
+            Ok(status.property("region.example.com").cloned())
         },
     )
     .await?;
@@ -129,11 +126,10 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
         .await?;
     eventually(Duration::from_secs(15), "the property gone", async || {
         let status = get().await?.status.unwrap_or_default();
-        Ok((!status
-            .properties
-            .iter()
-            .any(|p| p.name == "region.example.com"))
-        .then_some(()))
+        Ok(status
+            .property("region.example.com")
+            .is_none()
+            .then_some(()))
     })
     .await?;
 

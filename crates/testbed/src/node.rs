@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Container, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -464,21 +464,26 @@ impl Sim {
             .and_then(|t| serde_json::to_value(t).ok())
             .unwrap_or_else(|| now.clone());
         let condition = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": now});
-        let container_id = |container: &str| format!("atoll-testbed://{uid}/{container}");
+        // Init containers have run to completion; the others are running.
+        let container_status = |c: &Container, state: Value| {
+            let image = c.image.clone().unwrap_or_default();
+            json!({
+                "name": c.name,
+                "image": image,
+                "imageID": format!("atoll-testbed://{image}"),
+                "containerID": format!("atoll-testbed://{uid}/{}", c.name),
+                "ready": true,
+                "restartCount": 0,
+                "state": state,
+            })
+        };
         let containers: Vec<Value> = spec
             .containers
             .iter()
             .map(|c| {
-                json!({
-                    "name": c.name,
-                    "image": c.image.clone().unwrap_or_default(),
-                    "imageID": format!("atoll-testbed://{}", c.image.clone().unwrap_or_default()),
-                    "containerID": container_id(&c.name),
-                    "ready": true,
-                    "started": true,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": started}},
-                })
+                let mut status = container_status(c, json!({"running": {"startedAt": started}}));
+                status["started"] = json!(true);
+                status
             })
             .collect();
         let init_containers: Vec<Value> = spec
@@ -486,20 +491,15 @@ impl Sim {
             .iter()
             .flatten()
             .map(|c| {
-                json!({
-                    "name": c.name,
-                    "image": c.image.clone().unwrap_or_default(),
-                    "imageID": format!("atoll-testbed://{}", c.image.clone().unwrap_or_default()),
-                    "containerID": container_id(&c.name),
-                    "ready": true,
-                    "restartCount": 0,
-                    "state": {"terminated": {
+                container_status(
+                    c,
+                    json!({"terminated": {
                         "exitCode": 0,
                         "reason": "Completed",
                         "startedAt": started,
                         "finishedAt": started,
-                    }},
-                })
+                    }}),
+                )
             })
             .collect();
         let status = json!({"status": {

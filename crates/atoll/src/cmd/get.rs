@@ -6,7 +6,7 @@ use anyhow::Context;
 use atoll_api::about::{CLUSTER_ID_PROPERTY, CLUSTER_SET_PROPERTY};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, CONDITION_JOINED, ClusterProfile,
-    LABEL_CLUSTER_MANAGER,
+    ClusterProfileStatus, LABEL_CLUSTER_MANAGER,
 };
 use atoll_controllers::inventory::DEFAULT_MANAGER_NAMESPACE;
 use futures::StreamExt;
@@ -118,7 +118,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn row(profile: &ClusterProfile) -> [String; 8] {
-    let status = profile.status.clone().unwrap_or_default();
+    let none = ClusterProfileStatus::default();
+    let status = profile.status.as_ref().unwrap_or(&none);
     let condition = |type_: &str| {
         atoll_api::conditions::find(&status.conditions, type_)
             .map(|c| (c.status.clone(), c.reason.clone()))
@@ -126,9 +127,7 @@ fn row(profile: &ClusterProfile) -> [String; 8] {
     };
     let property = |name: &str| {
         status
-            .properties
-            .iter()
-            .find(|p| p.name == name)
+            .property(name)
             .map(|p| p.value.clone())
             .unwrap_or_else(|| "<none>".into())
     };
@@ -145,7 +144,8 @@ fn row(profile: &ClusterProfile) -> [String; 8] {
         healthy,
         status
             .version
-            .and_then(|v| v.kubernetes)
+            .as_ref()
+            .and_then(|v| v.kubernetes.clone())
             .unwrap_or_else(|| "<unknown>".into()),
         property(CLUSTER_ID_PROPERTY),
         property(CLUSTER_SET_PROPERTY),

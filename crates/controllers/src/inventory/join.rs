@@ -489,9 +489,7 @@ pub fn profile_cluster_id(profile: &ClusterProfile) -> Option<String> {
     profile
         .status
         .as_ref()?
-        .properties
-        .iter()
-        .find(|p| p.name == CLUSTER_ID_PROPERTY)
+        .property(CLUSTER_ID_PROPERTY)
         .map(|p| p.value.clone())
 }
 
