@@ -830,7 +830,12 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
     let hub_ns = kubeutil::get_opt(&Api::<Namespace>::all(hub.clone()), &namespace)
         .await
         .map_err(on_hub("reading the cluster namespace"))?;
-    if profile.is_none() && hub_ns.is_none() {
+    // A cluster namespace already being deleted, with no profile, is what a finished unjoin
+    // leaves while the hub's namespace controller empties it: not joined any more.
+    let hub_ns_live = hub_ns
+        .as_ref()
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none());
+    if profile.is_none() && !hub_ns_live {
         return Err(JoinError::NotJoined {
             name: options.name.clone(),
             namespace: options.manager_namespace.clone(),
