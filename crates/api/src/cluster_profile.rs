@@ -12,8 +12,15 @@ pub const GROUP: &str = "multicluster.x-k8s.io";
 pub const VERSION: &str = "v1alpha1";
 /// Label on every ClusterProfile naming the cluster manager that owns it.
 pub const LABEL_CLUSTER_MANAGER: &str = "x-k8s.io/cluster-manager";
-/// Label on a namespace naming the ClusterSet it represents.
+/// Label naming the ClusterSet a namespace represents, or a ClusterProfile belongs to.
 pub const LABEL_CLUSTER_SET: &str = "multicluster.x-k8s.io/clusterset";
+/// Atoll's label on a ClusterProfile saying how the hub reaches the cluster:
+/// [`MODE_PUSH`] or [`MODE_PULL`].
+pub const LABEL_MODE: &str = "atoll.io/mode";
+/// The hub holds the member's credentials and dials it.
+pub const MODE_PUSH: &str = "push";
+/// An agent in the member dials the hub; the hub never reaches the member.
+pub const MODE_PULL: &str = "pull";
 /// Atoll's name as a cluster manager: the value of `spec.clusterManager.name` and of
 /// [`LABEL_CLUSTER_MANAGER`] on the profiles Atoll writes.
 pub const ATOLL_CLUSTER_MANAGER: &str = "atoll";
@@ -44,8 +51,14 @@ pub const TAINT_NOT_READY: &str = "atoll.io/not-ready";
         json_path = ".spec.displayName"
     ),
     printcolumn(
+        name = "ClusterSet",
+        type_ = "string",
+        json_path = ".metadata.labels.multicluster\\.x-k8s\\.io/clusterset"
+    ),
+    printcolumn(
         name = "Manager",
         type_ = "string",
+        priority = "1",
         json_path = ".spec.clusterManager.name"
     ),
     printcolumn(
@@ -62,6 +75,11 @@ pub const TAINT_NOT_READY: &str = "atoll.io/not-ready";
         name = "Version",
         type_ = "string",
         json_path = ".status.version.kubernetes"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".metadata.labels.atoll\\.io/mode"
     ),
     printcolumn(
         name = "Age",

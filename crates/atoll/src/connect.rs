@@ -20,6 +20,11 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(kube::Client::try_from(self.config().await?)?)
+    }
+
+    /// The connection settings, as kubectl would resolve them.
+    pub async fn config(&self) -> anyhow::Result<kube::Config> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -35,6 +40,6 @@ impl ClusterArgs {
                 .await
                 .context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?,
         };
-        Ok(kube::Client::try_from(config)?)
+        Ok(config)
     }
 }

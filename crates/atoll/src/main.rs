@@ -31,6 +31,16 @@ enum Command {
     Get(cmd::get::Args),
     /// Run the hub-side controllers against a Kubernetes hub, with leader election.
     Controller(cmd::controller::Args),
+    /// Bootstrap tokens for pull-mode agents (`atoll token create`).
+    #[command(subcommand)]
+    Token(cmd::pull::TokenCommand),
+    /// Accept a pull-mode agent waiting to join (without a name: list the waiting ones).
+    Accept(cmd::pull::AcceptArgs),
+    /// Ask a pull-mode cluster's agent to replace its hub credentials now.
+    RotateCredentials(cmd::pull::RotateArgs),
+    /// Run the pull-mode agent in a member: register with the hub, report health and
+    /// properties, and run the cluster's controllers, until SIGTERM or unjoin.
+    Agent(cmd::pull::AgentArgs),
     /// Serve `clusterset.local` (Multi-Cluster Services DNS) from a cluster's ServiceImports
     /// and EndpointSlices, over UDP and TCP, until SIGTERM or SIGINT.
     Dns(cmd::dns::Args),
@@ -53,6 +63,10 @@ fn main() -> anyhow::Result<()> {
         Command::Get(args) => runtime()?.block_on(cmd::get::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
         Command::Dns(args) => runtime()?.block_on(cmd::dns::run(args)),
+        Command::Token(command) => runtime()?.block_on(cmd::pull::token(command)),
+        Command::Accept(args) => runtime()?.block_on(cmd::pull::accept(args)),
+        Command::RotateCredentials(args) => runtime()?.block_on(cmd::pull::rotate(args)),
+        Command::Agent(args) => runtime()?.block_on(cmd::pull::agent(args, Vec::new())),
     }
 }
 

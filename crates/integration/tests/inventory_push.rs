@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -14,10 +13,9 @@ use atoll_controllers::inventory::{
 };
 use atoll_testbed::{Cluster, Testbed, TestbedConfig};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use kube::config::Kubeconfig;
-use kube::discovery::{Discovery, verbs};
-use kube::{Client, ResourceExt};
 
 const SET: &str = "fleet-a";
 
@@ -48,79 +46,13 @@ fn unjoin_options(name: &str) -> UnjoinOptions {
     }
 }
 
-/// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
-/// cluster's own controllers churn (events, leases, endpoints).
-async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, String)>> {
-    // Discovery fails with 404 when a CRD goes away between listing the groups and reading
-    // one; while the member converges after unjoin, that is expected, so try again.
-    let mut attempts = 0;
-    let discovery = loop {
-        match Discovery::new(client.clone()).run().await {
-            Ok(discovery) => break discovery,
-            Err(kube::Error::Api(status)) if status.code == 404 && attempts < 10 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut objects = BTreeSet::new();
-    for group in discovery.groups() {
-        for (resource, caps) in group.recommended_resources() {
-            if !caps.supports_operation(verbs::LIST)
-                || ["events", "leases", "endpoints", "endpointslices"]
-                    .contains(&resource.plural.as_str())
-            {
-                continue;
-            }
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-            let list = match api.list(&ListParams::default()).await {
-                Ok(list) => list,
-                // A kind whose CRD went away between discovery and the list.
-                Err(kube::Error::Api(status)) if status.code == 404 => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for object in list.items {
-                objects.insert((
-                    format!("{}/{}", resource.group, resource.plural),
-                    object.namespace().unwrap_or_default(),
-                    object.name_any(),
-                    object.uid().unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    Ok(objects)
-}
-
-/// Waits until the cluster's objects are exactly `before` again (namespaces and CRDs take a
-/// moment to go), or fails listing what differs.
-async fn converges_to(
-    client: &Client,
-    before: &BTreeSet<(String, String, String, String)>,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let after = snapshot(client).await?;
-        if after == *before {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            let added: Vec<_> = after.difference(before).collect();
-            let removed: Vec<_> = before.difference(&after).collect();
-            bail!("the member differs after unjoin:\nadded {added:#?}\nremoved {removed:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::test]
 async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     let testbed = hub_and_member().await?;
     let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
     let hub = hub_cluster.client().await?;
     let member = member_cluster.client().await?;
-    let before = snapshot(&member).await?;
+    let before = common::snapshot(&member).await?;
 
     let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
     let kube_system_uid = Api::<Namespace>::all(member.clone())
@@ -207,7 +139,7 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     ensure!(profiles.get_opt("member-1").await?.is_none());
 
     // The member converges to exactly what it had: namespaces and CRDs take a moment to go.
-    converges_to(&member, &before).await?;
+    common::converges_to(&member, &before).await?;
 
     // Unjoining what is not joined is a clear error.
     match inventory::unjoin(&hub, &unjoin_options("member-1")).await {
@@ -223,7 +155,7 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
     let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
     let hub = hub_cluster.client().await?;
     inventory::join(&hub, &options("member-1", member_cluster)?).await?;
-    let hub_before = snapshot(&hub).await?;
+    let hub_before = common::snapshot(&hub).await?;
 
     // The same member under another name: its cluster ID is taken.
     match inventory::join(&hub, &options("member-2", member_cluster)?).await {
@@ -283,7 +215,7 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
     }
 
     // None of the refused joins left anything on the hub.
-    let hub_after = snapshot(&hub).await?;
+    let hub_after = common::snapshot(&hub).await?;
     let added: Vec<_> = hub_after.difference(&hub_before).collect();
     ensure!(
         added.is_empty(),
@@ -316,7 +248,7 @@ async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
             ),
         )
         .await?;
-    let before = snapshot(&member).await?;
+    let before = common::snapshot(&member).await?;
 
     let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
     ensure!(
@@ -338,5 +270,5 @@ async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
     // The operators' CRD and ID stay; only Atoll's own objects went.
     ensure!(properties.get(CLUSTER_ID_PROPERTY).await?.spec.value == "eu-west-7");
     ensure!(properties.get_opt(CLUSTER_SET_PROPERTY).await?.is_none());
-    converges_to(&member, &before).await
+    common::converges_to(&member, &before).await
 }

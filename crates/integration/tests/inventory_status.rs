@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use atoll_api::about::{ClusterProperty, ClusterPropertySpec};
 use atoll_api::cluster_profile::{
     CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, TAINT_UNREACHABLE, TaintEffect,
@@ -14,24 +14,6 @@ use atoll_controllers::leader::{Elector, LeaseConfig};
 use atoll_testbed::{Testbed, TestbedConfig};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::Kubeconfig;
-
-/// Polls `check` until it returns `Some`, or fails after `within` with the last observation.
-async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn condition(profile: &ClusterProfile) -> Option<(String, String)> {
     let status = profile.status.as_ref()?;
@@ -74,6 +56,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
         timeout: Duration::from_secs(1),
         failure_threshold: 2,
         success_threshold: 1,
+        ..HealthConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(inventory::status::run(
@@ -88,7 +71,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
         Api::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE);
     let get = async || -> Result<ClusterProfile> { Ok(profiles.get("member-1").await?) };
 
-    eventually(
+    common::eventually(
         Duration::from_secs(30),
         "ControlPlaneHealthy=True",
         async || {
@@ -111,7 +94,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
             ),
         )
         .await?;
-    let mirrored = eventually(
+    let mirrored = common::eventually(
         Duration::from_secs(15),
         "the property mirrored",
         async || {
@@ -124,7 +107,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
     properties
         .delete("region.example.com", &DeleteParams::default())
         .await?;
-    eventually(Duration::from_secs(15), "the property gone", async || {
+    common::eventually(Duration::from_secs(15), "the property gone", async || {
         let status = get().await?.status.unwrap_or_default();
         Ok(status
             .property("region.example.com")
@@ -136,7 +119,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
     // Freeze the member's API server: the cluster turns unhealthy, then recovers.
     let apiserver = *member_cluster.pids().first().context("apiserver pid")?;
     signal(apiserver, "STOP")?;
-    let outcome = eventually(
+    let outcome = common::eventually(
         Duration::from_secs(30),
         "ControlPlaneHealthy=False",
         async || {
@@ -146,7 +129,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
     )
     .await;
     let tainted = match &outcome {
-        Ok(_) => eventually(
+        Ok(_) => common::eventually(
             Duration::from_secs(10),
             "the unreachable taint",
             async || {
@@ -163,7 +146,7 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
     anyhow::ensure!(reason == "Unreachable", "reason {reason}");
     let taint = tainted?.context("no taint")?;
     anyhow::ensure!(taint.effect == TaintEffect::NoExecute && taint.time_added.is_some());
-    eventually(Duration::from_secs(30), "recovery", async || {
+    common::eventually(Duration::from_secs(30), "recovery", async || {
         let profile = get().await?;
         let healthy = condition(&profile) == Some(("True".into(), "Ready".into()));
         Ok((healthy && profile.spec.taints.is_empty()).then_some(()))

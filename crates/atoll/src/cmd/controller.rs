@@ -27,6 +27,14 @@ pub struct Args {
     /// Consecutive good probes before an unhealthy member is healthy again.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     success_threshold: u32,
+    /// Seconds a pull-mode agent may go without renewing its Lease before its cluster's
+    /// health turns Unknown and it is tainted unreachable.
+    #[arg(long, value_name = "SECONDS", default_value_t = 40.0)]
+    agent_lease_grace: f64,
+    /// Accept every pull-mode agent that registers with a valid bootstrap token, without
+    /// `atoll accept`.
+    #[arg(long)]
+    auto_accept: bool,
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "atoll-controller")]
     lease_name: String,
@@ -47,6 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         timeout: seconds("health-timeout", args.health_timeout)?,
         failure_threshold: args.failure_threshold,
         success_threshold: args.success_threshold,
+        lease_grace: seconds("agent-lease-grace", args.agent_lease_grace)?,
     };
     let hub = args.hub.client().await?;
     let identity = format!(
@@ -73,11 +82,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
-    let controllers =
-        inventory::status::run(hub, args.manager_namespace, health, std::future::pending());
+    let controllers = futures::future::join(
+        inventory::status::run(
+            hub.clone(),
+            args.manager_namespace.clone(),
+            health,
+            std::future::pending(),
+        ),
+        inventory::pull::run_registrar(
+            hub,
+            args.manager_namespace,
+            args.auto_accept,
+            std::future::pending(),
+        ),
+    );
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
-        () = controllers => Ok(()),
+        _ = controllers => Ok(()),
         () = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")),
     };
     elector.release().await?;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use atoll_api::about::{CLUSTER_ID_PROPERTY, CLUSTER_SET_PROPERTY};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, CONDITION_JOINED, ClusterProfile,
-    ClusterProfileStatus, LABEL_CLUSTER_MANAGER,
+    ClusterProfileStatus, LABEL_CLUSTER_MANAGER, LABEL_MODE,
 };
 use atoll_controllers::inventory::DEFAULT_MANAGER_NAMESPACE;
 use futures::StreamExt;
@@ -52,11 +52,12 @@ enum Output {
     Yaml,
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 9] = [
     "NAME",
     "JOINED",
     "HEALTHY",
     "VERSION",
+    "MODE",
     "CLUSTER-ID",
     "CLUSTERSET",
     "REASON",
@@ -117,7 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(profile: &ClusterProfile) -> [String; 8] {
+fn row(profile: &ClusterProfile) -> [String; 9] {
     let none = ClusterProfileStatus::default();
     let status = profile.status.as_ref().unwrap_or(&none);
     let condition = |type_: &str| {
@@ -147,6 +148,13 @@ fn row(profile: &ClusterProfile) -> [String; 8] {
             .as_ref()
             .and_then(|v| v.kubernetes.clone())
             .unwrap_or_else(|| "<unknown>".into()),
+        profile
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_MODE))
+            .cloned()
+            .unwrap_or_else(|| "<unknown>".into()),
         property(CLUSTER_ID_PROPERTY),
         property(CLUSTER_SET_PROPERTY),
         if reason.is_empty() {
@@ -170,7 +178,7 @@ fn age(seconds: i64) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
-fn table(rows: &[[String; 8]]) -> String {
+fn table(rows: &[[String; 9]]) -> String {
     let mut widths = HEADER.map(str::len);
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -204,6 +212,7 @@ mod tests {
             "True".into(),
             "False".into(),
             "v1.20.2".into(),
+            "pull".into(),
             "id".into(),
             "set".into(),
             "Unreachable".into(),

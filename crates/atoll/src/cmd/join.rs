@@ -51,7 +51,7 @@ pub struct UnjoinArgs {
     hub: ClusterArgs,
 }
 
-fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     pairs
         .iter()
         .filter(|p| !p.is_empty())
@@ -108,7 +108,12 @@ pub async fn unjoin(args: UnjoinArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    if unjoined.member_cleaned {
+    if unjoined.pull {
+        println!(
+            "cluster {} removed from the hub; its agent removes what it created in the member and exits once it notices",
+            args.name
+        );
+    } else if unjoined.member_cleaned {
         println!(
             "cluster {} unjoined; nothing of Atoll's is left in it",
             args.name

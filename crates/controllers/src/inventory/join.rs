@@ -10,7 +10,7 @@ use atoll_api::about::{
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, AccessProvider, CONDITION_JOINED, ClusterManager, ClusterProfile,
     ClusterProfileSpec, ClusterProfileStatus, ClusterVersion, KubeconfigCluster,
-    LABEL_CLUSTER_MANAGER, Property,
+    LABEL_CLUSTER_MANAGER, LABEL_CLUSTER_SET, LABEL_MODE, MODE_PUSH, Property,
 };
 use atoll_api::conditions;
 use base64::Engine;
@@ -331,6 +331,8 @@ async fn join_steps(
         LABEL_CLUSTER_MANAGER.to_owned(),
         ATOLL_CLUSTER_MANAGER.to_owned(),
     );
+    labels.insert(LABEL_CLUSTER_SET.to_owned(), options.cluster_set.clone());
+    labels.insert(LABEL_MODE.to_owned(), MODE_PUSH.to_owned());
     labels.extend(cluster_labels);
     kubeutil::mark_managed(&mut profile, &labels);
     let (stored, ensured) = ensure(&profiles, &profile)
@@ -813,8 +815,11 @@ pub struct UnjoinOptions {
 /// The result of an unjoin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unjoined {
-    /// Whether the member was cleaned (false only under `force` with the member unreachable).
+    /// Whether the member was cleaned (false under `force` with the member unreachable, and
+    /// in pull mode, where the agent cleans its member itself when it notices).
     pub member_cleaned: bool,
+    /// Whether the cluster was joined in pull mode.
+    pub pull: bool,
 }
 
 /// Removes a cluster: everything Atoll created in the member (its identity, the ClusterSet
@@ -869,8 +874,19 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
             .await
             .map_err(on_hub("deleting the cluster namespace"))?;
     }
-    info!(cluster = %options.name, member_cleaned, "unjoined");
-    Ok(Unjoined { member_cleaned })
+    // A pull-mode agent's renewal role lives outside the namespace.
+    super::pull::remove_agent_rbac(hub, &options.name)
+        .await
+        .map_err(on_hub("deleting the agent's ClusterRole"))?;
+    let pull = profile
+        .as_ref()
+        .and_then(|p| p.metadata.labels.as_ref()?.get(LABEL_MODE))
+        .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL);
+    info!(cluster = %options.name, member_cleaned, pull, "unjoined");
+    Ok(Unjoined {
+        member_cleaned,
+        pull,
+    })
 }
 
 /// A client for the member, from the credentials stored at join.
@@ -957,4 +973,77 @@ where
             .map_err(on_member(format!("deleting {name}")))?;
     }
     Ok(())
+}
+
+/// The member side of membership, shared with the pull-mode agent: the cluster ID the member
+/// has or gets (its existing `cluster.clusterset.k8s.io`, else `wanted`, else the UID of
+/// `kube-system`), validated.
+pub async fn resolve_cluster_id(
+    member: &Client,
+    wanted: Option<&str>,
+) -> Result<String, JoinError> {
+    let id = match (existing_cluster_id(member).await?, wanted) {
+        (Some(existing), Some(wanted)) if existing != wanted => {
+            return Err(JoinError::ClusterIdMismatch {
+                existing,
+                wanted: wanted.to_owned(),
+            });
+        }
+        (Some(existing), _) => existing,
+        (None, Some(wanted)) => wanted.to_owned(),
+        (None, None) => kube_system_uid(member).await?,
+    };
+    validate_cluster_id(&id)?;
+    Ok(id)
+}
+
+/// Installs the About API in a member (the ClusterProperty CRD unless present, and
+/// `cluster.clusterset.k8s.io`), and `clusterset.k8s.io` when `cluster_set` is given. Safe to
+/// repeat; refuses to change an existing ID or ClusterSet.
+pub async fn install_about_api(
+    member: &Client,
+    cluster_id: &str,
+    cluster_set: Option<&str>,
+) -> Result<(), JoinError> {
+    let mut created = Vec::new();
+    install_cluster_property_crd(member, &mut created).await?;
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    let wanted = [
+        (CLUSTER_ID_PROPERTY, Some(cluster_id)),
+        (CLUSTER_SET_PROPERTY, cluster_set),
+    ];
+    for (name, value) in wanted {
+        let Some(value) = value else { continue };
+        let mut property = ClusterProperty::new(
+            name,
+            ClusterPropertySpec {
+                value: value.to_owned(),
+            },
+        );
+        kubeutil::mark_managed(&mut property, &BTreeMap::new());
+        let (stored, _) = ensure(&properties, &property)
+            .await
+            .map_err(on_member(format!("creating ClusterProperty {name}")))?;
+        if stored.spec.value != value {
+            return Err(if name == CLUSTER_ID_PROPERTY {
+                JoinError::ClusterIdMismatch {
+                    existing: stored.spec.value,
+                    wanted: value.to_owned(),
+                }
+            } else {
+                JoinError::OtherClusterSet {
+                    existing: stored.spec.value,
+                    wanted: value.to_owned(),
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes from a member the About API footprint Atoll left there: `clusterset.k8s.io`
+/// always (a non-member must not claim a ClusterSet), the cluster ID and the CRD only when
+/// Atoll created them, and the push-mode identity when there is one.
+pub async fn leave_member(member: &Client) -> Result<(), JoinError> {
+    clean_member(member).await
 }

@@ -12,10 +12,11 @@
 
 mod join;
 mod names;
+pub mod pull;
 pub mod status;
 
 pub use join::{
-    JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, join, member_from_secret,
-    profile_cluster_id, unjoin,
+    JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, install_about_api, join, leave_member,
+    member_from_secret, profile_cluster_id, resolve_cluster_id, unjoin,
 };
 pub use names::*;

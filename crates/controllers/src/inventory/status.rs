@@ -20,13 +20,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll_api::about::ClusterProperty;
+use atoll_api::about::{ClusterProperty, ClusterPropertySpec};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
-    LABEL_CLUSTER_MANAGER, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
+    LABEL_CLUSTER_MANAGER, LABEL_MODE, MODE_PULL, Property, TAINT_NOT_READY, TAINT_UNREACHABLE,
+    Taint, TaintEffect,
 };
 use atoll_api::conditions;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -39,7 +42,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::join::member_from_secret;
-use super::names::cluster_namespace;
+use super::names::{LABEL_CLUSTER_NAME, cluster_namespace};
+use super::pull::{
+    AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES, STATUS_KEY_READY,
+    STATUS_KEY_VERSION,
+};
 
 /// Health-check settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,9 @@ pub struct HealthConfig {
     pub failure_threshold: u32,
     /// Consecutive successes before an unhealthy cluster is healthy again.
     pub success_threshold: u32,
+    /// How long a pull-mode cluster's agent may go without renewing its Lease before the
+    /// cluster's health is Unknown and it is tainted unreachable.
+    pub lease_grace: Duration,
 }
 
 impl Default for HealthConfig {
@@ -61,6 +71,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(3),
             failure_threshold: 3,
             success_threshold: 1,
+            lease_grace: Duration::from_secs(40),
         }
     }
 }
@@ -181,6 +192,24 @@ impl HealthTracker {
     }
 }
 
+/// A health verdict to publish: the condition, and the taint (`None` leaves taints alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// (status, reason, message) of `ControlPlaneHealthy`.
+    pub condition: (&'static str, &'static str, String),
+    /// The health taint wanted: `Some(None)` for none.
+    pub taint: Option<Option<&'static str>>,
+}
+
+impl Verdict {
+    fn of(tracker: &HealthTracker) -> Verdict {
+        Verdict {
+            condition: tracker.condition(),
+            taint: tracker.taint(),
+        }
+    }
+}
+
 fn describe(probe: &Probe) -> String {
     match probe {
         Probe::Ready => "ready".into(),
@@ -235,6 +264,7 @@ pub async fn run(
         .default_backoff()
         .reflect(writer)
         .boxed();
+    let agents = AgentReports::watch(&hub);
     let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
     tokio::pin!(shutdown);
@@ -254,15 +284,27 @@ pub async fn run(
                     }
                     continue;
                 }
+                let pull = profile.labels().get(LABEL_MODE).map(String::as_str) == Some(MODE_PULL);
                 workers.entry(name.clone()).or_insert_with(|| {
-                    info!(cluster = %name, "watching cluster");
-                    tokio::spawn(cluster_worker(
-                        hub.clone(),
-                        cache.clone(),
-                        manager_namespace.clone(),
-                        name,
-                        health,
-                    ))
+                    info!(cluster = %name, pull, "watching cluster");
+                    if pull {
+                        tokio::spawn(pull_worker(
+                            hub.clone(),
+                            cache.clone(),
+                            agents.clone(),
+                            manager_namespace.clone(),
+                            name,
+                            health,
+                        ))
+                    } else {
+                        tokio::spawn(cluster_worker(
+                            hub.clone(),
+                            cache.clone(),
+                            manager_namespace.clone(),
+                            name,
+                            health,
+                        ))
+                    }
                 });
             }
             Ok(Event::Delete(profile)) => {
@@ -346,7 +388,164 @@ async fn cluster_worker(
             &profiles,
             cache.get(&key),
             &name,
-            probe_due.then_some(&tracker),
+            probe_due.then(|| Verdict::of(&tracker)),
+            version,
+            observed,
+        )
+        .await
+        {
+            warn!(cluster = %name, %error, "updating the ClusterProfile status");
+        }
+    }
+}
+
+/// What pull-mode agents report on the hub: their Leases and status ConfigMaps, cached from
+/// two hub-wide watches (labelled with the cluster name), so that a fleet of agents costs one
+/// watch each, not one per cluster.
+#[derive(Clone)]
+struct AgentReports {
+    leases: reflector::Store<Lease>,
+    reports: reflector::Store<ConfigMap>,
+    _tasks: Arc<(AbortOnDrop, AbortOnDrop)>,
+}
+
+impl AgentReports {
+    fn watch(hub: &Client) -> AgentReports {
+        fn cache<K>(api: Api<K>) -> (reflector::Store<K>, AbortOnDrop)
+        where
+            K: kube::Resource<DynamicType = ()>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug
+                + Send
+                + Sync
+                + 'static,
+        {
+            let (reader, writer) = reflector::store();
+            let stream =
+                watcher::watcher(api, watcher::Config::default().labels(LABEL_CLUSTER_NAME))
+                    .default_backoff()
+                    .reflect(writer)
+                    .touched_objects();
+            let task = tokio::spawn(async move {
+                let mut stream = std::pin::pin!(stream);
+                while stream.next().await.is_some() {}
+            });
+            (reader, AbortOnDrop(task))
+        }
+        let (leases, lease_task) = cache(Api::<Lease>::all(hub.clone()));
+        let (reports, report_task) = cache(Api::<ConfigMap>::all(hub.clone()));
+        AgentReports {
+            leases,
+            reports,
+            _tasks: Arc::new((lease_task, report_task)),
+        }
+    }
+}
+
+/// The health of a pull-mode cluster from its agent's Lease: `None` without a lease.
+pub fn lease_verdict(
+    renewed: Option<Timestamp>,
+    member_ready: Option<&str>,
+    grace: Duration,
+    now: Timestamp,
+) -> Verdict {
+    let Some(renewed) = renewed else {
+        return Verdict {
+            condition: (
+                conditions::UNKNOWN,
+                "AgentNotConnected",
+                "the cluster's agent has not renewed its lease yet".into(),
+            ),
+            taint: None,
+        };
+    };
+    let silent = Duration::try_from(now.duration_since(renewed)).unwrap_or(Duration::ZERO);
+    if silent > grace {
+        return Verdict {
+            condition: (
+                conditions::UNKNOWN,
+                "AgentLeaseExpired",
+                format!(
+                    "the agent has not renewed its lease for {}s (grace {}s); is it running, and can it reach the hub?",
+                    silent.as_secs(),
+                    grace.as_secs()
+                ),
+            ),
+            taint: Some(Some(TAINT_UNREACHABLE)),
+        };
+    }
+    match member_ready {
+        Some(why) if why != "ok" => Verdict {
+            condition: (
+                conditions::FALSE,
+                "NotReady",
+                format!("the agent reports the API server not ready: {why}"),
+            ),
+            taint: Some(Some(TAINT_NOT_READY)),
+        },
+        _ => Verdict {
+            condition: (
+                conditions::TRUE,
+                "AgentReporting",
+                "the agent renews its lease and reports the API server ready".into(),
+            ),
+            taint: Some(None),
+        },
+    }
+}
+
+/// Keeps a pull-mode cluster's profile status true to what its agent reports, until aborted.
+async fn pull_worker(
+    hub: Client,
+    cache: reflector::Store<ClusterProfile>,
+    agents: AgentReports,
+    manager_namespace: String,
+    name: String,
+    health: HealthConfig,
+) {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let key = ObjectRef::new(&name).within(&manager_namespace);
+    let namespace = cluster_namespace(&name);
+    let lease_key = ObjectRef::new(AGENT_LEASE).within(&namespace);
+    let report_key = ObjectRef::new(AGENT_STATUS_CONFIGMAP).within(&namespace);
+    // Reading the caches is cheap; a short tick keeps mirrored properties well within 5 s.
+    let mut ticker = tokio::time::interval(Duration::from_secs(1).min(health.lease_grace));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let renewed = agents
+            .leases
+            .get(&lease_key)
+            .and_then(|lease| lease.spec.as_ref()?.renew_time.clone())
+            .map(|t| t.0);
+        let report = agents.reports.get(&report_key);
+        let data = report
+            .as_ref()
+            .and_then(|r| r.data.clone())
+            .unwrap_or_default();
+        let verdict = lease_verdict(
+            renewed,
+            data.get(STATUS_KEY_READY).map(String::as_str),
+            health.lease_grace,
+            Timestamp::now(),
+        );
+        let version = data.get(STATUS_KEY_VERSION).cloned();
+        let observed = report.as_ref().map(|_| {
+            data.get(STATUS_KEY_PROPERTIES)
+                .and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(p).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| {
+                    Arc::new(ClusterProperty::new(&name, ClusterPropertySpec { value }))
+                })
+                .collect()
+        });
+        if let Err(error) = publish(
+            &profiles,
+            cache.get(&key),
+            &name,
+            Some(verdict),
             version,
             observed,
         )
@@ -394,7 +593,7 @@ async fn publish(
     profiles: &Api<ClusterProfile>,
     cached: Option<Arc<ClusterProfile>>,
     name: &str,
-    health: Option<&HealthTracker>,
+    health: Option<Verdict>,
     version: Option<String>,
     observed: Option<Vec<Arc<ClusterProperty>>>,
 ) -> Result<(), kube::Error> {
@@ -404,8 +603,8 @@ async fn publish(
     let current = profile.status.clone().unwrap_or_default();
     let mut status = current.clone();
     let now = Time(Timestamp::now());
-    if let Some(tracker) = health {
-        let (state, reason, message) = tracker.condition();
+    if let Some(verdict) = &health {
+        let (state, reason, message) = verdict.condition.clone();
         conditions::set(
             &mut status.conditions,
             conditions::condition(
@@ -426,7 +625,7 @@ async fn publish(
     if let Some(observed) = observed {
         status.properties = mirror(&current.properties, &observed, &now);
     }
-    if let Some(wanted) = health.and_then(HealthTracker::taint) {
+    if let Some(wanted) = health.and_then(|verdict| verdict.taint) {
         let taints = with_health_taint(&profile.spec.taints, wanted, &now);
         if taints != profile.spec.taints {
             // Merge patch with the resourceVersion read above: a concurrent edit of the
@@ -450,7 +649,12 @@ async fn publish(
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": {
+            // Conditions are written as a whole list computed from the cached profile, so the
+            // write is conditional on that profile being current: otherwise a condition written
+            // meanwhile by someone else (Joined, at join or accept) would be lost.
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"resourceVersion": profile.metadata.resource_version},
+                "status": {
                 "conditions": status.conditions,
                 "version": status.version,
                 "properties": status.properties,
@@ -552,6 +756,32 @@ mod tests {
         assert_eq!(tracker.condition().1, "Recovering");
         assert_eq!(tracker.observe(Probe::Ready), Some(true));
         assert_eq!(tracker.observe(Probe::NotReady("etcd".into())), Some(true));
+    }
+
+    #[test]
+    fn pull_clusters_are_judged_by_their_agents_lease() {
+        let now = Timestamp::from_second(10_000).unwrap_or_default();
+        let grace = Duration::from_secs(40);
+        let ago = |s: i64| Some(Timestamp::from_second(10_000 - s).unwrap_or_default());
+        let never = lease_verdict(None, None, grace, now);
+        assert_eq!(never.condition.1, "AgentNotConnected");
+        assert_eq!(never.taint, None, "no lease yet: taints left alone");
+        let fresh = lease_verdict(ago(5), Some("ok"), grace, now);
+        assert_eq!(
+            (fresh.condition.0, fresh.condition.1),
+            (conditions::TRUE, "AgentReporting")
+        );
+        assert_eq!(fresh.taint, Some(None));
+        let stale = lease_verdict(ago(41), Some("ok"), grace, now);
+        assert_eq!(
+            (stale.condition.0, stale.condition.1),
+            (conditions::UNKNOWN, "AgentLeaseExpired")
+        );
+        assert_eq!(stale.taint, Some(Some(TAINT_UNREACHABLE)));
+        let not_ready = lease_verdict(ago(5), Some("etcd failed"), grace, now);
+        assert_eq!(not_ready.condition.0, conditions::FALSE);
+        assert!(not_ready.condition.2.contains("etcd failed"));
+        assert_eq!(not_ready.taint, Some(Some(TAINT_NOT_READY)));
     }
 
     #[test]

@@ -2,15 +2,19 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use atoll_testbed::{Testbed, TestbedConfig};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
+use kube::discovery::{Discovery, verbs};
+use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 /// One API server, no controller manager: enough for CRD tests.
@@ -151,11 +155,102 @@ impl Fixture {
     pub fn expected_columns(&self) -> &'static [&'static str] {
         match self.kind() {
             "ClusterProperty" => &["VALUE", "AGE"],
-            "ClusterProfile" => &["DISPLAY NAME", "MANAGER", "JOINED", "HEALTHY", "VERSION"],
+            "ClusterProfile" => &[
+                "DISPLAY NAME",
+                "CLUSTERSET",
+                "JOINED",
+                "HEALTHY",
+                "VERSION",
+                "MODE",
+            ],
             "Work" => &["APPLIED", "AVAILABLE", "AGE"],
             "ServiceImport" => &["TYPE", "IP", "AGE"],
             "ServiceExport" => &["VALID", "READY", "CONFLICT", "AGE"],
             _ => &["NAME"],
         }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `within` with the last observation.
+pub async fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
+/// cluster's own controllers churn (events, leases, endpoints).
+pub async fn snapshot(client: &Client) -> Result<BTreeSet<(String, String, String, String)>> {
+    // Discovery fails with 404 when a CRD goes away between listing the groups and reading
+    // one; while the member converges after unjoin, that is expected, so try again.
+    let mut attempts = 0;
+    let discovery = loop {
+        match Discovery::new(client.clone()).run().await {
+            Ok(discovery) => break discovery,
+            Err(kube::Error::Api(status)) if status.code == 404 && attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut objects = BTreeSet::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            if !caps.supports_operation(verbs::LIST)
+                || ["events", "leases", "endpoints", "endpointslices"]
+                    .contains(&resource.plural.as_str())
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                // A kind whose CRD went away between discovery and the list.
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for object in list.items {
+                objects.insert((
+                    format!("{}/{}", resource.group, resource.plural),
+                    object.namespace().unwrap_or_default(),
+                    object.name_any(),
+                    object.uid().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// Waits until the cluster's objects are exactly `before` again (namespaces and CRDs take a
+/// moment to go), or fails listing what differs.
+pub async fn converges_to(
+    client: &Client,
+    before: &BTreeSet<(String, String, String, String)>,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let after = snapshot(client).await?;
+        if after == *before {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let added: Vec<_> = after.difference(before).collect();
+            let removed: Vec<_> = before.difference(&after).collect();
+            bail!("the member differs after unjoin:\nadded {added:#?}\nremoved {removed:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

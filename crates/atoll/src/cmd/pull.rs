@@ -1,0 +1,278 @@
+//! Pull mode: `atoll token create`, `atoll accept`, `atoll rotate-credentials` on the hub, and
+//! `atoll agent` in the member.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use atoll_agent::{AgentOptions, ClusterTask, Exit, HubEndpoint};
+use atoll_controllers::inventory::pull::{self, AGENT_LEASE, ANNOTATION_ROTATE, BootstrapToken};
+use atoll_controllers::inventory::{DEFAULT_MANAGER_NAMESPACE, cluster_namespace};
+use base64::Engine;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::cmd::controller::shutdown_signal;
+use crate::cmd::join::parse_labels;
+use crate::connect::ClusterArgs;
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a short-lived bootstrap token and print the `atoll agent` command that uses it.
+    Create(TokenCreateArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TokenCreateArgs {
+    /// How long the token works, such as 30m, 1h or 2h30m.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// The cluster name to put in the printed command.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// The hub URL agents dial, when it differs from the kubeconfig's.
+    #[arg(long, value_name = "URL")]
+    hub_server: Option<String>,
+    /// Hub namespace that holds ClusterProfiles and bootstrap identities.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: ClusterArgs,
+}
+
+#[derive(clap::Args)]
+pub struct AcceptArgs {
+    /// The cluster whose agent is waiting; without it, list the waiting agents.
+    name: Option<String>,
+    /// Hub namespace that holds ClusterProfiles.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: ClusterArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RotateArgs {
+    /// The pull-mode cluster whose agent should get new credentials.
+    name: String,
+    #[command(flatten)]
+    hub: ClusterArgs,
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The cluster's name on the hub.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// The hub's URL (needed to register; afterwards it is stored in the member).
+    #[arg(long, value_name = "URL")]
+    hub_server: Option<String>,
+    /// The hub's CA, base64 PEM (as `atoll token create` prints it).
+    #[arg(long, value_name = "BASE64", conflicts_with = "hub_ca")]
+    hub_ca_data: Option<String>,
+    /// The hub's CA, a PEM file.
+    #[arg(long, value_name = "FILE")]
+    hub_ca: Option<PathBuf>,
+    /// The bootstrap token (needed to register).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ATOLL_BOOTSTRAP_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The cluster ID to use when the member has none; the UID of kube-system by default.
+    #[arg(long, value_name = "ID")]
+    cluster_id: Option<String>,
+    /// The ClusterSet to join.
+    #[arg(long, value_name = "SET", default_value = "default")]
+    clusterset: String,
+    /// Labels for the ClusterProfile, as k=v,k=v.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Seconds between Lease renewals.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    lease_period: u64,
+    /// The member cluster (the agent's own), as kubectl chooses it.
+    #[command(flatten)]
+    member: ClusterArgs,
+}
+
+/// Durations as 90s, 30m, 1h, 2h30m, 1d.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("{text:?}: unknown unit {c:?}; use s, m, h or d")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{text:?}: a number must come before {c:?}"))?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "{text:?}: the last number has no unit (s, m, h or d)"
+        ));
+    }
+    if total == 0 {
+        return Err(format!("{text:?}: must be longer than zero"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn pem_from_der(der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::Create(args) = command;
+    let config = args.hub.config().await?;
+    let server = args.hub_server.clone().unwrap_or_else(|| {
+        config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned()
+    });
+    let ca_pem: String = config
+        .root_cert
+        .as_ref()
+        .map(|certs| certs.iter().map(|der| pem_from_der(der)).collect())
+        .unwrap_or_default();
+    if ca_pem.is_empty() {
+        bail!(
+            "the hub kubeconfig names no certificate authority, so agents could not verify the hub; use a kubeconfig with certificate-authority(-data)"
+        );
+    }
+    let hub = kube::Client::try_from(config)?;
+    let created = pull::create_bootstrap_token(&hub, &args.manager_namespace, args.ttl).await?;
+    let name = args.cluster.as_deref().unwrap_or("CLUSTER_NAME");
+    eprintln!(
+        "bootstrap token {} created; it registers one cluster and expires at {}",
+        created.token.id, created.expires_at
+    );
+    eprintln!("run this with the member's kubeconfig:");
+    println!(
+        "atoll agent --kubeconfig MEMBER_KUBECONFIG --name {name} --hub-server {server} --hub-ca-data {} --token {}",
+        base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()),
+        created.token
+    );
+    Ok(())
+}
+
+pub async fn accept(args: AcceptArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    let Some(name) = args.name else {
+        let pending = pull::pending_registrations(&hub).await?;
+        if pending.is_empty() {
+            println!("no agent is waiting to be accepted");
+        }
+        for r in pending {
+            println!(
+                "{}\tcluster ID {}\tClusterSet {}\tKubernetes {}\t(request {})",
+                r.cluster, r.cluster_id, r.cluster_set, r.kubernetes_version, r.csr
+            );
+        }
+        return Ok(());
+    };
+    let accepted = pull::accept(&hub, &args.manager_namespace, &name).await?;
+    println!(
+        "cluster {name} accepted (cluster ID {}, ClusterSet {}); its hub namespace is {}",
+        accepted.registration.cluster_id, accepted.registration.cluster_set, accepted.namespace
+    );
+    Ok(())
+}
+
+pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    let leases: Api<Lease> = Api::namespaced(hub, &cluster_namespace(&args.name));
+    let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_ROTATE: Timestamp::now().to_string()}}});
+    leases
+        .patch(AGENT_LEASE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| {
+            format!(
+                "asking the agent of {} for rotation (is it a pull-mode cluster with a running agent?)",
+                args.name
+            )
+        })?;
+    println!(
+        "asked the agent of {} for new credentials; it rotates at its next lease renewal",
+        args.name
+    );
+    Ok(())
+}
+
+pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<()> {
+    let member = args.member.client().await?;
+    let ca_pem = match (&args.hub_ca_data, &args.hub_ca) {
+        (Some(data), _) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .context("--hub-ca-data is not base64")?,
+        ),
+        (None, Some(path)) => Some(
+            std::fs::read(path).with_context(|| format!("reading --hub-ca {}", path.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let hub = match (args.hub_server, ca_pem) {
+        (Some(server), Some(ca_pem)) => Some(HubEndpoint { server, ca_pem }),
+        (None, None) => None,
+        _ => bail!("--hub-server and --hub-ca-data (or --hub-ca) go together"),
+    };
+    let bootstrap_token = args
+        .token
+        .map(|t| t.parse::<BootstrapToken>())
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut options = AgentOptions::new(args.name.clone(), member);
+    options.hub = hub;
+    options.bootstrap_token = bootstrap_token;
+    options.cluster_id = args.cluster_id;
+    options.cluster_set = args.clusterset;
+    options.labels = parse_labels(&args.labels)?;
+    options.lease_period = Duration::from_secs(args.lease_period.max(1));
+    match atoll_agent::run(options, tasks, shutdown_signal()).await? {
+        Exit::Shutdown => eprintln!("agent stopped"),
+        Exit::Unjoined => println!(
+            "cluster {} was unjoined; the agent removed what it created in the member",
+            args.name
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_kubectl_users_write_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h30m"), Ok(Duration::from_secs(9000)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["", "10", "1x", "h", "0s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
