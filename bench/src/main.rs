@@ -1,9 +1,11 @@
 //! `atoll-bench`: benchmarks that print figures for BENCHMARKS.md.
 //!
 //! `inventory-health`: the hub-side cost of health checking and property watching for many
-//! push-mode clusters. A real kube-apiserver (from the test bed) is the hub; one stub HTTPS
-//! server stands in for every member. Fleets of each size run side by side in one run, so
-//! the figures compare as ratios on a noisy machine.
+//! push-mode clusters, or of lease handling for many pull-mode clusters (`--mode pull`). A
+//! real kube-apiserver (from the test bed) is the hub. In push mode one stub HTTPS server
+//! stands in for every member; in pull mode the benchmark plays every agent, renewing each
+//! cluster's Lease every 10 s as `atoll agent` does. Fleets of each size run one after the
+//! other in one run, so the figures compare as ratios on a noisy machine.
 
 mod stub;
 
@@ -14,17 +16,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, ClusterManager, ClusterProfile, ClusterProfileSpec,
-    LABEL_CLUSTER_MANAGER,
+    LABEL_CLUSTER_MANAGER, LABEL_MODE, MODE_PULL, MODE_PUSH,
 };
 use atoll_controllers::inventory::{
-    self, MEMBER_KUBECONFIG_KEY, MEMBER_KUBECONFIG_SECRET, cluster_namespace,
+    self, MEMBER_KUBECONFIG_KEY, MEMBER_KUBECONFIG_SECRET, cluster_namespace, pull,
 };
 use base64::Engine;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Patch, PatchParams};
 
 #[derive(Parser)]
 enum Bench {
@@ -42,7 +48,16 @@ enum Bench {
         /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
+        /// push: the hub probes members; pull: agents renew Leases on the hub.
+        #[arg(long, value_enum, default_value_t = Mode::Push)]
+        mode: Mode,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Push,
+    Pull,
 }
 
 #[tokio::main]
@@ -53,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
             steady_seconds,
             health_period,
             atoll,
-        } => inventory_health(clusters, steady_seconds, health_period, atoll).await,
+            mode,
+        } => inventory_health(clusters, steady_seconds, health_period, atoll, mode).await,
     }
 }
 
@@ -69,6 +85,7 @@ async fn inventory_health(
     steady_seconds: u64,
     health_period: u64,
     atoll: PathBuf,
+    mode: Mode,
 ) -> anyhow::Result<()> {
     if !atoll.exists() {
         bail!(
@@ -89,13 +106,19 @@ async fn inventory_health(
 
     let mut results = Vec::new();
     let mut registered = 0;
+    let mut agents = Vec::new();
     for size in sizes {
         eprintln!("registering clusters {registered}..{size}");
         futures::stream::iter(registered..size)
-            .map(|i| register(hub.clone(), i, &stub))
+            .map(|i| register(hub.clone(), i, &stub, mode))
             .buffer_unordered(16)
             .try_collect::<Vec<_>>()
             .await?;
+        if mode == Mode::Pull {
+            agents.extend(
+                (registered..size).map(|i| AbortOnDrop(tokio::spawn(play_agent(hub.clone(), i)))),
+            );
+        }
         registered = registered.max(size);
         results.push(
             measure(
@@ -152,8 +175,75 @@ async fn install_crds(hub: &kube::Client) -> anyhow::Result<()> {
     }
 }
 
-/// What `atoll join` leaves on the hub for one cluster, pointing at the stub.
-async fn register(hub: kube::Client, index: usize, stub: &stub::Stub) -> anyhow::Result<()> {
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Plays the agent of pull-mode cluster `index`: its status report once, then a Lease renewal
+/// every 10 s, starting at a random offset as independent agents would.
+async fn play_agent(hub: kube::Client, index: usize) {
+    let name = format!("stub-{index:04}");
+    let namespace = cluster_namespace(&name);
+    let labels = BTreeMap::from([(inventory::LABEL_CLUSTER_NAME.to_owned(), name.clone())]);
+    let report = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(pull::AGENT_STATUS_CONFIGMAP.into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (pull::STATUS_KEY_VERSION.to_owned(), "v1.20.2".to_owned()),
+            (pull::STATUS_KEY_READY.to_owned(), "ok".to_owned()),
+            (
+                pull::STATUS_KEY_PROPERTIES.to_owned(),
+                r#"{"region.example.com":"eu"}"#.to_owned(),
+            ),
+        ])),
+        ..Default::default()
+    };
+    let _ = Api::<ConfigMap>::namespaced(hub.clone(), &namespace)
+        .create(&PostParams::default(), &report)
+        .await;
+    let leases: Api<Lease> = Api::namespaced(hub, &namespace);
+    tokio::time::sleep(Duration::from_millis((index as u64 * 7919) % 10_000)).await;
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        ticker.tick().await;
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(pull::AGENT_LEASE.into()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name.clone()),
+                renew_time: Some(now),
+                ..Default::default()
+            }),
+        };
+        let _ = leases
+            .patch(
+                pull::AGENT_LEASE,
+                &PatchParams::apply("bench-agent").force(),
+                &Patch::Apply(&lease),
+            )
+            .await;
+    }
+}
+
+/// What `atoll join` (push) or `atoll accept` (pull) leaves on the hub for one cluster; in
+/// push mode pointing at the stub.
+async fn register(
+    hub: kube::Client,
+    index: usize,
+    stub: &stub::Stub,
+    mode: Mode,
+) -> anyhow::Result<()> {
     let name = format!("stub-{index:04}");
     let namespace = cluster_namespace(&name);
     Api::<Namespace>::all(hub.clone())
@@ -189,9 +279,11 @@ async fn register(hub: kube::Client, index: usize, stub: &stub::Stub) -> anyhow:
         )])),
         ..Default::default()
     };
-    Api::<Secret>::namespaced(hub.clone(), &namespace)
-        .create(&PostParams::default(), &secret)
-        .await?;
+    if mode == Mode::Push {
+        Api::<Secret>::namespaced(hub.clone(), &namespace)
+            .create(&PostParams::default(), &secret)
+            .await?;
+    }
     let mut profile = ClusterProfile::new(
         &name,
         ClusterProfileSpec {
@@ -202,10 +294,20 @@ async fn register(hub: kube::Client, index: usize, stub: &stub::Stub) -> anyhow:
             taints: Vec::new(),
         },
     );
-    profile.metadata.labels = Some(BTreeMap::from([(
-        LABEL_CLUSTER_MANAGER.to_owned(),
-        ATOLL_CLUSTER_MANAGER.to_owned(),
-    )]));
+    profile.metadata.labels = Some(BTreeMap::from([
+        (
+            LABEL_CLUSTER_MANAGER.to_owned(),
+            ATOLL_CLUSTER_MANAGER.to_owned(),
+        ),
+        (
+            LABEL_MODE.to_owned(),
+            match mode {
+                Mode::Push => MODE_PUSH,
+                Mode::Pull => MODE_PULL,
+            }
+            .to_owned(),
+        ),
+    ]));
     Api::<ClusterProfile>::namespaced(hub, inventory::DEFAULT_MANAGER_NAMESPACE)
         .create(&PostParams::default(), &profile)
         .await?;

@@ -241,3 +241,81 @@ async fn atoll_controller_leads_and_releases_its_lease_on_sigterm() -> Result {
     assert_eq!(holder()?, "", "the lease is released on SIGTERM");
     Ok(())
 }
+
+/// Polls `check` every 200 ms until it returns true, for at most `seconds`.
+fn wait_until(seconds: u64, mut check: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if check()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Result {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+    let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    install_crds_as_the_readme_says(hub)?;
+
+    // `atoll token create` prints the command to paste in the member.
+    let printed = ok(atoll(
+        hub.kubeconfig_path(),
+        &["token", "create", "--ttl", "30m", "--cluster", "edge-1"],
+    )?)?;
+    let command: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(command.first(), Some(&"atoll"), "{printed}");
+    assert!(command.contains(&"--token"), "{printed}");
+    let member_kubeconfig = member.kubeconfig_path().to_string_lossy().into_owned();
+    let args: Vec<&str> = command[1..]
+        .iter()
+        .map(|a| {
+            if *a == "MEMBER_KUBECONFIG" {
+                member_kubeconfig.as_str()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(&args)
+        .args(["--lease-period", "1"])
+        .env_remove("KUBECONFIG")
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+
+    let waiting = wait_until(60, || {
+        Ok(ok(atoll(hub.kubeconfig_path(), &["accept"])?)?.starts_with("edge-1"))
+    })?;
+    assert!(waiting, "`atoll accept` lists the waiting agent");
+    let accepted = ok(atoll(hub.kubeconfig_path(), &["accept", "edge-1"])?)?;
+    assert!(accepted.contains("accepted"), "{accepted}");
+
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["controller"])
+        .env("KUBECONFIG", hub.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let mut last = String::new();
+    let healthy = wait_until(60, || {
+        last = ok(atoll(hub.kubeconfig_path(), &["get", "clusters"])?)?;
+        Ok(last
+            .lines()
+            .any(|l| l.starts_with("edge-1") && l.contains(" True ") && l.contains(" pull ")))
+    })?;
+    assert!(healthy, "edge-1 healthy in pull mode:\n{last}");
+
+    for child in [&mut agent, &mut controller] {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        assert!(signalled.success());
+        let status = child.wait()?;
+        assert!(status.success(), "exited with {status:?} on SIGTERM");
+    }
+    Ok(())
+}
