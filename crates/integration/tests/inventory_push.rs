@@ -272,3 +272,60 @@ async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
     ensure!(properties.get_opt(CLUSTER_SET_PROPERTY).await?.is_none());
     common::converges_to(&member, &before).await
 }
+
+#[tokio::test]
+async fn a_hub_that_restarts_during_a_join_converges_after_joining_again() -> Result<()> {
+    let testbed = hub_and_member().await?;
+    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub = hub_cluster.client().await?;
+    let member = member_cluster.client().await?;
+    let before = common::snapshot(&member).await?;
+
+    // The hub dies once the join has written the member's side, before it reaches the hub's.
+    let join = tokio::spawn({
+        let hub = hub.clone();
+        let options = options("member-1", member_cluster)?;
+        async move { inventory::join(&hub, &options).await }
+    });
+    let properties: Api<ClusterProperty> = Api::all(member.clone());
+    common::eventually(
+        Duration::from_secs(30),
+        "the join writing the member",
+        async || {
+            let written = matches!(properties.get_opt(CLUSTER_SET_PROPERTY).await, Ok(Some(_)));
+            Ok((written || join.is_finished()).then_some(()))
+        },
+    )
+    .await?;
+    hub_cluster.kill_apiserver();
+    let first = join.await?;
+    if let Err(error) = &first {
+        let message = error.to_string();
+        ensure!(
+            message.starts_with("hub:"),
+            "a failed join says the hub failed: {message}"
+        );
+    }
+    hub_cluster.restart_apiserver().await?;
+
+    // Joining again (the operator's retry) completes the cluster; nothing is duplicated.
+    let hub = hub_cluster.client().await?;
+    let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
+    let profiles: Api<ClusterProfile> =
+        Api::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE);
+    let profile = profiles.get("member-1").await?;
+    ensure!(atoll_api::conditions::is_true(
+        &profile.status.unwrap_or_default().conditions,
+        "Joined"
+    ));
+    ensure!(
+        profiles.list(&ListParams::default()).await?.items.len() == 1,
+        "one profile"
+    );
+    ensure!(properties.get(CLUSTER_ID_PROPERTY).await?.spec.value == joined.cluster_id);
+
+    // And unjoin still leaves the member exactly as it was.
+    inventory::unjoin(&hub, &unjoin_options("member-1")).await?;
+    common::converges_to(&member, &before).await?;
+    Ok(())
+}

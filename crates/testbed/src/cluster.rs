@@ -36,7 +36,11 @@ pub struct Cluster {
     // Fields drop in declaration order: the controller manager goes before
     // the API server it talks to.
     controller_manager: Option<Process>,
-    apiserver: Process,
+    apiserver: std::sync::Mutex<Process>,
+    // What it takes to start the API server again (restart tests).
+    apiserver_bin: PathBuf,
+    apiserver_args: Vec<OsString>,
+    apiserver_log: PathBuf,
 }
 
 /// What [`Cluster::start`] needs to know.
@@ -102,7 +106,7 @@ impl Cluster {
         // The API server, retried with a new port if another process took
         // the one we picked before the server bound it.
         let mut attempt = 0;
-        let (port, apiserver) = loop {
+        let (port, (apiserver, apiserver_args)) = loop {
             attempt += 1;
             let port = free_port()?;
             let server = format!("https://127.0.0.1:{port}");
@@ -123,7 +127,7 @@ impl Cluster {
                 &files.apiserver_log,
             )?;
             match wait_ready(&mut apiserver, &files.kubeconfig, deadline).await {
-                Ok(()) => break (port, apiserver),
+                Ok(()) => break (port, (apiserver, args)),
                 Err(_) if attempt < 4 && lost_port_race(&apiserver.log_tail(30)) => {
                     tracing::debug!(cluster = %name, port, "API server lost a port race; retrying");
                 }
@@ -170,7 +174,10 @@ impl Cluster {
             ca,
             user_configs: AtomicUsize::new(0),
             controller_manager,
-            apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
+            apiserver_bin,
+            apiserver_args,
+            apiserver_log: files.apiserver_log,
         })
     }
 
@@ -224,7 +231,7 @@ impl Cluster {
 
     /// The API server's log file.
     pub fn apiserver_log(&self) -> &Path {
-        self.apiserver.log()
+        &self.apiserver_log
     }
 
     /// The controller manager's log file, if one runs.
@@ -234,9 +241,42 @@ impl Cluster {
 
     /// The process ids of this cluster's components.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.apiserver.pid()];
+        let mut pids = vec![self.apiserver_process(|p| p.pid())];
         pids.extend(self.controller_manager.as_ref().map(Process::pid));
         pids
+    }
+
+    fn apiserver_process<T>(&self, f: impl FnOnce(&mut Process) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere while swapping processes; the process
+        // inside is still the current one.
+        let mut guard = self
+            .apiserver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Kills the API server (SIGKILL), as a crash would. Its state stays in etcd.
+    pub fn kill_apiserver(&self) {
+        self.apiserver_process(Process::kill);
+    }
+
+    /// Starts the API server again (after [`Cluster::kill_apiserver`], or killing it first),
+    /// on the same port with the same state, and waits until it is ready.
+    pub async fn restart_apiserver(&self) -> Result<(), Error> {
+        self.kill_apiserver();
+        let mut fresh = Process::spawn(
+            format!("kube-apiserver ({})", self.name),
+            &self.apiserver_bin,
+            &self.apiserver_args,
+            &self.apiserver_log,
+        )?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        if let Err(reason) = wait_ready(&mut fresh, &self.kubeconfig, deadline).await {
+            return Err(fresh.startup_error(reason));
+        }
+        self.apiserver_process(|current| std::mem::swap(current, &mut fresh));
+        Ok(())
     }
 
     /// A client with the admin identity.

@@ -82,6 +82,12 @@ impl Process {
         })
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
