@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
@@ -69,6 +69,9 @@ pub async fn start() -> anyhow::Result<Stub> {
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(vec![certified.cert.der().clone()], key)?;
+    // Like a kube-apiserver: HTTP/2 for clients that offer it, HTTP/1.1 for the rest.
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -82,7 +85,7 @@ pub async fn start() -> anyhow::Result<Stub> {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let _ = hyper::server::conn::http1::Builder::new()
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), hyper::service::service_fn(answer))
                     .await;
             });

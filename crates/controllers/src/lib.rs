@@ -4,6 +4,8 @@
 //!   cluster's namespace and credentials on the hub, its ClusterProfile, and the least-privilege
 //!   footprint Atoll keeps in the member (the About API and one identity).
 //! - [`kubeutil`]: idempotent writes shared by every controller.
+//! - [`client`]: member clients multiplexing every watch and request over one HTTP/2
+//!   connection per member.
 //!
 //! Invariants:
 //! - Every write is safe to repeat: create-or-keep, never blind create.
@@ -12,6 +14,7 @@
 //!
 //! Must not depend on: the hub API server, the store, the agent, DNS.
 
+pub mod client;
 pub mod inventory;
 pub mod kubeutil;
 pub mod leader;

@@ -423,8 +423,8 @@ async fn member_client(
     )
     .await
     .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
-    let client =
-        Client::try_from(config.clone()).map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
+    let client = crate::client::multiplexed(config.clone())
+        .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
     Ok((client, config))
 }
 
