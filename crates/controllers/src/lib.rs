@@ -4,6 +4,8 @@
 //!   cluster's namespace and credentials on the hub, its ClusterProfile, and the least-privilege
 //!   footprint Atoll keeps in the member (the About API and one identity).
 //! - [`kubeutil`]: idempotent writes shared by every controller.
+//! - [`mcs`]: Multi-Cluster Services in push mode (the aggregator and one member syncer per
+//!   push-mode cluster, from `atoll-mcs`).
 //!
 //! Invariants:
 //! - Every write is safe to repeat: create-or-keep, never blind create.
@@ -15,3 +17,4 @@
 pub mod inventory;
 pub mod kubeutil;
 pub mod leader;
+pub mod mcs;

@@ -415,11 +415,14 @@ impl Syncer {
                     .into_iter()
                     .filter(|ip| !ip.is_empty() && ip != "None")
                     .collect();
-                if let Some(families) = svc_spec
-                    .ip_families
-                    .filter(|f| !f.is_empty() && !spec.ips.is_empty())
-                {
-                    spec.ip_families = families;
+                if !spec.ips.is_empty() {
+                    // One family per IP, in order: the derived Service's own families where
+                    // the API server records them (not before 1.20 dual-stack), else the
+                    // IPs' own.
+                    spec.ip_families = svc_spec
+                        .ip_families
+                        .filter(|f| f.len() == spec.ips.len())
+                        .unwrap_or_else(|| spec.ips.iter().map(|ip| ip_family(ip)).collect());
                 }
             }
             let wanted = member_import(&hub_import, service, namespace, spec);
@@ -592,6 +595,15 @@ type WantedAndCurrent = (BTreeMap<String, DynamicObject>, Vec<Arc<DynamicObject>
 fn is_ours(labels: &BTreeMap<String, String>) -> bool {
     labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_MEMBER)
         && labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+/// `IPv6` for an IPv6 address, else `IPv4`.
+fn ip_family(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => "IPv6",
+        _ => "IPv4",
+    }
+    .to_owned()
 }
 
 fn is_headless(service: &Service) -> bool {

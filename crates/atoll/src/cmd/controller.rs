@@ -73,8 +73,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
-    let controllers =
-        inventory::status::run(hub, args.manager_namespace, health, std::future::pending());
+    let controllers = async {
+        tokio::join!(
+            inventory::status::run(
+                hub.clone(),
+                args.manager_namespace.clone(),
+                health,
+                std::future::pending(),
+            ),
+            atoll_controllers::mcs::run(hub, args.manager_namespace, std::future::pending()),
+        );
+    };
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
         () = controllers => Ok(()),

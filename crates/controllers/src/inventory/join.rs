@@ -649,7 +649,7 @@ fn member_rules() -> Vec<PolicyRule> {
         ..Default::default()
     };
     let crd_name = ClusterProperty::crd().metadata.name.unwrap_or_default();
-    vec![
+    let mut rules = vec![
         rule(
             atoll_api::about::GROUP,
             "clusterproperties",
@@ -691,6 +691,42 @@ fn member_rules() -> Vec<PolicyRule> {
             verbs: vec!["get".into()],
             ..Default::default()
         },
+    ];
+    rules.extend(mcs_member_rules());
+    rules
+}
+
+/// Multi-Cluster Services (`atoll_mcs::member`): read ServiceExports and report their status,
+/// read Services and EndpointSlices to export them, see which namespaces exist, and write
+/// ServiceImports, derived Services and imported EndpointSlices (the syncer deletes only
+/// those it labelled as its own).
+fn mcs_member_rules() -> Vec<PolicyRule> {
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..Default::default()
+    };
+    let read = ["get", "list", "watch"];
+    let write = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    vec![
+        rule(atoll_api::mcs::GROUP, &["serviceexports"], &read),
+        rule(
+            atoll_api::mcs::GROUP,
+            &["serviceexports/status"],
+            &["get", "update", "patch"],
+        ),
+        rule(atoll_api::mcs::GROUP, &["serviceimports"], &write),
+        rule(
+            atoll_api::mcs::GROUP,
+            &["serviceimports/status"],
+            &["get", "update", "patch"],
+        ),
+        rule("", &["services"], &write),
+        rule("", &["namespaces"], &["list", "watch"]),
+        rule("discovery.k8s.io", &["endpointslices"], &write),
     ]
 }
 
