@@ -24,8 +24,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::inventory::{
-    CLUSTER_NAMESPACE_PREFIX, cluster_namespace, member_from_secret, profile_cluster_id,
+    CLUSTER_NAMESPACE_PREFIX, MEMBER_CLUSTER_ROLE, cluster_namespace, member_from_secret,
+    profile_cluster_id,
 };
+use crate::kubeutil::is_managed;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// How often a worker looks again for credentials or a cluster ID it does not have yet.
 const WAIT: Duration = Duration::from_secs(2);
@@ -117,6 +121,13 @@ async fn member_worker(
         }
         tokio::time::sleep(WAIT).await;
     };
+    let member_owner = loop {
+        match member_role_owner(&member).await {
+            Ok(owner) => break owner,
+            Err(error) => warn!(cluster = %name, %error, "MCS: reading Atoll's member ClusterRole"),
+        }
+        tokio::time::sleep(WAIT).await;
+    };
     info!(cluster = %name, %cluster_id, "MCS: syncing member");
     atoll_mcs::member::run(
         MemberConfig {
@@ -125,8 +136,26 @@ async fn member_worker(
             member,
             cluster_name: name,
             cluster_id,
+            member_owner,
         },
         std::future::pending(),
     )
     .await;
+}
+
+/// Atoll's ClusterRole in the member as an owner: what MCS writes there goes with it at
+/// unjoin. `None` if the role is missing or not Atoll's (then nothing is owned).
+async fn member_role_owner(member: &Client) -> Result<Option<OwnerReference>, kube::Error> {
+    let role = Api::<ClusterRole>::all(member.clone())
+        .get_opt(MEMBER_CLUSTER_ROLE)
+        .await?;
+    Ok(role.filter(is_managed).and_then(|role| {
+        Some(OwnerReference {
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: "ClusterRole".into(),
+            name: MEMBER_CLUSTER_ROLE.into(),
+            uid: role.metadata.uid?,
+            ..Default::default()
+        })
+    }))
 }

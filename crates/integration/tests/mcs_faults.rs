@@ -21,7 +21,7 @@ use atoll_mcs::hub::HubConfig;
 use atoll_mcs::member::MemberConfig;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mcs_support::{Fleet, MANAGER_NAMESPACE, Running, Shape, WAIT, eventually};
 
@@ -99,9 +99,24 @@ async fn syncer(fleet: &Fleet, index: usize) -> Result<Running> {
             member: member.client.clone(),
             cluster_name: member.name.clone(),
             cluster_id: member.id.clone(),
+            member_owner: role_owner(&member.client).await?,
         },
         std::future::pending(),
     ))))
+}
+
+/// Atoll's member ClusterRole as the owner of what MCS writes, as push mode does.
+async fn role_owner(member: &kube::Client) -> Result<Option<OwnerReference>> {
+    let role = Api::<ClusterRole>::all(member.clone())
+        .get(inventory::MEMBER_CLUSTER_ROLE)
+        .await?;
+    Ok(Some(OwnerReference {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRole".into(),
+        name: inventory::MEMBER_CLUSTER_ROLE.into(),
+        uid: role.metadata.uid.unwrap_or_default(),
+        ..Default::default()
+    }))
 }
 
 fn aggregator(fleet: &Fleet) -> Running {
@@ -134,7 +149,7 @@ async fn set_taint(fleet: &Fleet, cluster: &str, taint: Option<&str>) -> Result<
 async fn mcs_converges_through_bad_input_and_faults() -> Result<()> {
     let fleet = Fleet::start(3).await?;
     agent_role(&fleet).await?;
-    let mut syncers = vec![
+    let mut syncers = [
         syncer(&fleet, 0).await?,
         syncer(&fleet, 1).await?,
         syncer(&fleet, 2).await?,
@@ -386,6 +401,21 @@ async fn mcs_converges_through_bad_input_and_faults() -> Result<()> {
         )
         .await?;
     }
+    // What MCS wrote into the unjoined member went with Atoll's ClusterRole.
+    eventually(
+        WAIT,
+        "the unjoined member's imports, derived Services and slices to go",
+        async || {
+            let imports = Api::<atoll_api::mcs::ServiceImport>::all(c2.client.clone())
+                .list(&Default::default())
+                .await?;
+            Ok(
+                (imports.items.is_empty() && c2.mcs_slices(ns, "web").await?.is_empty())
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
     drop(hub);
     Ok(())
 }

@@ -64,6 +64,11 @@ pub struct MemberConfig {
     pub cluster_name: String,
     /// The cluster's ID (`cluster.clusterset.k8s.io`), the `source-cluster` of its slices.
     pub cluster_id: String,
+    /// An owner for every ServiceImport written into the member (and through them, derived
+    /// Services and slices): push mode passes Atoll's member ClusterRole, so that unjoining,
+    /// which deletes that role, lets the member's garbage collector remove everything MCS
+    /// wrote there. `None` leaves the imports unowned.
+    pub member_owner: Option<OwnerReference>,
 }
 
 /// Runs one cluster's side of MCS until `shutdown` resolves.
@@ -425,7 +430,8 @@ impl Syncer {
                         .unwrap_or_else(|| spec.ips.iter().map(|ip| ip_family(ip)).collect());
                 }
             }
-            let wanted = member_import(&hub_import, service, namespace, spec);
+            let mut wanted = member_import(&hub_import, service, namespace, spec);
+            wanted.metadata.owner_references = cfg.member_owner.clone().map(|o| vec![o]);
             let current = member_imports.get(&key);
             let imports_api = Api::<ServiceImport>::namespaced(cfg.member.clone(), namespace);
             let current = match current {
@@ -766,6 +772,12 @@ fn member_import(
 
 fn same_member_import(current: &ServiceImport, wanted: &ServiceImport) -> bool {
     current.spec == wanted.spec
+        && wanted
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|o| current.owner_references().iter().any(|c| c.uid == o.uid))
         && contains_all(
             current.metadata.labels.as_ref(),
             wanted.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
