@@ -31,8 +31,10 @@ use crate::kubeutil::is_managed;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-/// How often a worker looks again for credentials or a cluster ID it does not have yet.
-const WAIT: Duration = Duration::from_secs(2);
+/// How soon a worker looks again for credentials or a cluster ID it does not have yet; the
+/// delay doubles up to [`WAIT_MAX`] (a pull-mode cluster never gets credentials here).
+const WAIT: Duration = Duration::from_secs(1);
+const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Runs the MCS aggregator and one member syncer per push-mode cluster until `shutdown`.
 pub async fn run(hub: Client, manager_namespace: String, shutdown: impl Future<Output = ()>) {
@@ -111,6 +113,7 @@ async fn member_worker(
 ) {
     let namespace = cluster_namespace(&name);
     let key = ObjectRef::new(&name).within(&manager_namespace);
+    let mut wait = WAIT;
     let (member, cluster_id) = loop {
         let cluster_id = cache.get(&key).and_then(|p| profile_cluster_id(&p));
         match (member_from_secret(&hub, &namespace).await, cluster_id) {
@@ -119,7 +122,8 @@ async fn member_worker(
             (Err(error), _) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
             (Ok(Some(_)), None) => debug!(cluster = %name, "MCS: no cluster ID yet"),
         }
-        tokio::time::sleep(WAIT).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(WAIT_MAX);
     };
     let member_owner = loop {
         match member_role_owner(&member).await {
