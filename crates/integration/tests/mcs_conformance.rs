@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use atoll_api::mcs::{ServiceImportType, ServicePort};
+use std::collections::BTreeMap;
+
+use atoll_api::mcs::{ServiceExportSpec, ServiceImport, ServiceImportType, ServicePort};
 use atoll_dns::{CancellationToken, DnsServer, Model, ZoneConfig};
 use kube::ResourceExt;
 use mcs_support::{Fleet, Shape, WAIT, dig, eventually};
@@ -340,6 +342,52 @@ async fn mcs_conformance_across_three_members() -> Result<()> {
             }))
         })
         .await?;
+    }
+
+    // --- Exported labels and annotations (Optional): only those propagate; the oldest wins
+    // and a disagreement is a LabelsConflict.
+    let ns = "conf-labels";
+    fleet.namespace(ns, &[0, 1, 2]).await?;
+    let spec = |tier: &str| ServiceExportSpec {
+        exported_labels: BTreeMap::from([("tier".to_owned(), tier.to_owned())]),
+        exported_annotations: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
+    };
+    for member in [c1, c2] {
+        member
+            .create_service(ns, "lbl", &Shape::ports(&[("http", 80)]))
+            .await?;
+    }
+    c1.export_with(ns, "lbl", spec("web")).await?;
+    let labelled = |i: &ServiceImport| {
+        i.labels().get("tier").map(String::as_str) == Some("web")
+            && i.annotations().get("team").map(String::as_str) == Some("a")
+    };
+    for member in [c0, c1, c2] {
+        let import = eventually(WAIT, "the exported labels on the import", async || {
+            Ok(member.import(ns, "lbl").await?.filter(|i| labelled(i)))
+        })
+        .await?;
+        ensure!(
+            !import.labels().contains_key("app"),
+            "the Service's own labels stay behind"
+        );
+    }
+    c1.wait_export_condition(ns, "lbl", "Ready", "True", "Exported")
+        .await?;
+    c2.export_with(ns, "lbl", spec("db")).await?;
+    for member in [c1, c2] {
+        member
+            .wait_export_condition(ns, "lbl", "Conflict", "True", "LabelsConflict")
+            .await?;
+    }
+    for member in [c0, c1, c2] {
+        ensure!(
+            member
+                .import(ns, "lbl")
+                .await?
+                .is_some_and(|i| labelled(&i)),
+            "the oldest wins"
+        );
     }
 
     // --- DNS (Optional): `atoll dns` serving member c0, asked with dig.

@@ -11,9 +11,10 @@ mod mcs_support;
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use atoll_api::cluster_profile::{ClusterProfile, TAINT_UNREACHABLE};
 use atoll_api::mcs::ServiceImportType;
+use atoll_controllers::inventory::status::HealthConfig;
 use atoll_controllers::inventory::{
     self, CLUSTER_NAMESPACE_PREFIX, UnjoinOptions, cluster_namespace,
 };
@@ -117,6 +118,30 @@ async fn role_owner(member: &kube::Client) -> Result<Option<OwnerReference>> {
         uid: role.metadata.uid.unwrap_or_default(),
         ..Default::default()
     }))
+}
+
+/// A process stopped with SIGSTOP until dropped (SIGCONT), even when the test fails.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Result<Frozen> {
+        signal(pid, "STOP")?;
+        Ok(Frozen(pid))
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -{signal} {pid}");
+    Ok(())
 }
 
 fn aggregator(fleet: &Fleet) -> Running {
@@ -373,6 +398,47 @@ async fn mcs_converges_through_bad_input_and_faults() -> Result<()> {
         })
         .await?;
     }
+
+    // --- The same, driven by the inventory's health checks: c2's API server frozen.
+    let status = Running(tokio::spawn(inventory::status::run(
+        fleet.hub.clone(),
+        MANAGER_NAMESPACE.into(),
+        HealthConfig {
+            period: Duration::from_millis(500),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 2,
+            success_threshold: 1,
+        },
+        std::future::pending(),
+    )));
+    {
+        let apiserver = *fleet.testbed.clusters()[2]
+            .pids()
+            .first()
+            .context("apiserver pid")?;
+        let _frozen = Frozen::new(apiserver)?;
+        for member in [c0, c1] {
+            eventually(WAIT, "a frozen cluster's endpoints to leave", async || {
+                let endpoints = member.endpoints(ns, "web").await?;
+                Ok((endpoints.keys().collect::<Vec<_>>() == ["cluster-1"]).then_some(()))
+            })
+            .await?;
+        }
+    }
+    for member in [c0, c1] {
+        eventually(
+            WAIT,
+            "a thawed cluster's endpoints to come back",
+            async || {
+                Ok(
+                    (member.endpoints(ns, "web").await?.get("cluster-2") == Some(&c2_ips))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+    }
+    drop(status);
 
     // --- A cluster leaving: unjoined, its endpoints and its only export leave.
     drop(std::mem::replace(

@@ -186,6 +186,7 @@ pub fn service(namespace: &str, name: &str, shape: &Shape) -> Service {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
+            labels: Some(BTreeMap::from([("app".to_owned(), name.to_owned())])),
             ..Default::default()
         },
         spec: Some(ServiceSpec {
@@ -272,8 +273,18 @@ impl Member {
     }
 
     pub async fn export(&self, namespace: &str, name: &str) -> Result<()> {
+        self.export_with(namespace, name, ServiceExportSpec::default())
+            .await
+    }
+
+    pub async fn export_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: ServiceExportSpec,
+    ) -> Result<()> {
         let api: Api<ServiceExport> = Api::namespaced(self.client.clone(), namespace);
-        let mut export = ServiceExport::new(name, ServiceExportSpec::default());
+        let mut export = ServiceExport::new(name, spec);
         export.metadata.namespace = Some(namespace.into());
         api.create(&PostParams::default(), &export)
             .await
