@@ -21,40 +21,19 @@ use atoll_controllers::inventory::{
 use atoll_mcs::hub::HubConfig;
 use atoll_mcs::member::MemberConfig;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mcs_support::{Fleet, MANAGER_NAMESPACE, Running, Shape, WAIT, eventually};
 
 /// What a pull-mode agent may do on the hub: MCS objects in its own cluster namespace.
 async fn agent_role(fleet: &Fleet) -> Result<()> {
-    let rule = |group: &str, resources: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: [
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    };
     let role = ClusterRole {
         metadata: ObjectMeta {
             name: Some("test:mcs-agent".into()),
             ..Default::default()
         },
-        rules: Some(vec![
-            rule(
-                "multicluster.x-k8s.io",
-                &[
-                    "serviceexports",
-                    "serviceexports/status",
-                    "serviceimports",
-                    "serviceimports/status",
-                ],
-            ),
-            rule("discovery.k8s.io", &["endpointslices"]),
-        ]),
+        rules: Some(atoll_mcs::rbac::hub_namespace_rules()),
         ..Default::default()
     };
     Api::<ClusterRole>::all(fleet.hub.clone())

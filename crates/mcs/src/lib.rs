@@ -50,6 +50,7 @@
 pub mod aggregate;
 pub mod hub;
 pub mod member;
+pub mod rbac;
 pub mod slices;
 mod watch;
 

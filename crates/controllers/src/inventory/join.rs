@@ -696,38 +696,10 @@ fn member_rules() -> Vec<PolicyRule> {
     rules
 }
 
-/// Multi-Cluster Services (`atoll_mcs::member`): read ServiceExports and report their status,
-/// read Services and EndpointSlices to export them, see which namespaces exist, and write
-/// ServiceImports, derived Services and imported EndpointSlices (the syncer deletes only
-/// those it labelled as its own).
+/// Multi-Cluster Services: what `atoll_mcs::member` needs in a member (see
+/// `atoll_mcs::rbac::member_rules`), kept as one block apart from the inventory's own rules.
 fn mcs_member_rules() -> Vec<PolicyRule> {
-    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
-        api_groups: Some(vec![group.to_owned()]),
-        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
-        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
-        ..Default::default()
-    };
-    let read = ["get", "list", "watch"];
-    let write = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    vec![
-        rule(atoll_api::mcs::GROUP, &["serviceexports"], &read),
-        rule(
-            atoll_api::mcs::GROUP,
-            &["serviceexports/status"],
-            &["get", "update", "patch"],
-        ),
-        rule(atoll_api::mcs::GROUP, &["serviceimports"], &write),
-        rule(
-            atoll_api::mcs::GROUP,
-            &["serviceimports/status"],
-            &["get", "update", "patch"],
-        ),
-        rule("", &["services"], &write),
-        rule("", &["namespaces"], &["list", "watch"]),
-        rule("discovery.k8s.io", &["endpointslices"], &write),
-    ]
+    atoll_mcs::rbac::member_rules()
 }
 
 fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, JoinError> {
