@@ -14,8 +14,11 @@ use anyhow::{Result, ensure};
 use std::collections::BTreeMap;
 
 use atoll_api::mcs::{ServiceExportSpec, ServiceImport, ServiceImportType, ServicePort};
+use atoll_controllers::inventory::{self, UnjoinOptions};
 use atoll_dns::{CancellationToken, DnsServer, Model, ZoneConfig};
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, ListParams};
 use mcs_support::{Fleet, Shape, WAIT, dig, eventually};
 
 const TCP: Option<&str> = Some("TCP");
@@ -460,5 +463,41 @@ async fn mcs_conformance_across_three_members() -> Result<()> {
             .await?
             .is_empty()
     );
+
+    // --- Unjoin in push mode: what MCS wrote into the member goes with Atoll's ClusterRole.
+    inventory::unjoin(
+        &fleet.hub,
+        &UnjoinOptions {
+            name: c2.name.clone(),
+            manager_namespace: mcs_support::MANAGER_NAMESPACE.into(),
+            force: false,
+        },
+    )
+    .await?;
+    eventually(
+        WAIT,
+        "no ServiceImport, derived Service or MCS slice left in c2",
+        async || {
+            let imports = Api::<ServiceImport>::all(c2.client.clone())
+                .list(&Default::default())
+                .await?;
+            let derived = Api::<Service>::all(c2.client.clone())
+                .list(&ListParams::default().labels("mcs.atoll.io/role=member-import"))
+                .await?;
+            let slices = Api::<DynamicObject>::all_with(c2.client.clone(), &c2.slices)
+                .list(&ListParams::default().labels("multicluster.kubernetes.io/service-name"))
+                .await?;
+            Ok(
+                (imports.items.is_empty() && derived.items.is_empty() && slices.items.is_empty())
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    // The other members lose c2's endpoints.
+    eventually(WAIT, "c2's endpoints to leave c0's imports", async || {
+        Ok((!c0.endpoints(ns, "db").await?.contains_key("cluster-2")).then_some(()))
+    })
+    .await?;
     Ok(())
 }

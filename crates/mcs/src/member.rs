@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use atoll_api::conditions;
 use atoll_api::mcs::export_conditions::{self, ready, valid};
+use atoll_api::mcs::import_conditions;
 use atoll_api::mcs::{
     LABEL_SERVICE_NAME, LABEL_SOURCE_CLUSTER, ServiceExport, ServiceExportSpec, ServiceImport,
     ServiceImportSpec, ServiceImportType, ServicePort,
@@ -445,14 +446,16 @@ impl Syncer {
             };
             let Some(current) = current else { continue };
             let clusters = hub_import.status.clone().unwrap_or_default().clusters;
-            if current.status.clone().unwrap_or_default().clusters != clusters {
+            let current_status = current.status.clone().unwrap_or_default();
+            let ready = import_ready(&current, current_status.conditions.clone());
+            if current_status.clusters != clusters || current_status.conditions != ready {
                 outcome.record(
                     "member ServiceImport status",
                     service,
                     patch_status(
                         &imports_api,
                         service,
-                        serde_json::json!({ "clusters": clusters }),
+                        serde_json::json!({ "clusters": clusters, "conditions": ready }),
                     )
                     .await,
                 );
@@ -601,6 +604,37 @@ type WantedAndCurrent = (BTreeMap<String, DynamicObject>, Vec<Arc<DynamicObject>
 fn is_ours(labels: &BTreeMap<String, String>) -> bool {
     labels.get(LABEL_ROLE).map(String::as_str) == Some(ROLE_MEMBER)
         && labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+}
+
+/// The import's conditions with `Ready`: True once usable (a Headless import at once, a
+/// ClusterSetIP import once it has its IP), else Pending.
+fn import_ready(import: &ServiceImport, mut list: Vec<Condition>) -> Vec<Condition> {
+    let usable = import.spec.type_ == ServiceImportType::Headless || !import.spec.ips.is_empty();
+    let (status, reason, message) = if usable {
+        (
+            conditions::TRUE,
+            import_conditions::ready::READY,
+            "the import is usable in this cluster",
+        )
+    } else {
+        (
+            conditions::FALSE,
+            import_conditions::ready::PENDING,
+            "waiting for the derived Service's ClusterSet IP",
+        )
+    };
+    conditions::set(
+        &mut list,
+        conditions::condition(
+            import_conditions::READY,
+            status,
+            reason,
+            message,
+            import.metadata.generation,
+            Time(Timestamp::now()),
+        ),
+    );
+    list
 }
 
 /// `IPv6` for an IPv6 address, else `IPv4`.
