@@ -954,6 +954,7 @@ pub(crate) async fn sync_slices<'a>(
 mod tests {
     use super::*;
     use atoll_api::mcs::ServiceExportStatus;
+    use k8s_openapi::api::core::v1::SessionAffinityConfig;
 
     fn service(type_: &str, cluster_ip: Option<&str>) -> Service {
         Service {
@@ -1047,5 +1048,96 @@ mod tests {
             Some(&hub),
         );
         assert_eq!(condition(&withdrawn, "Conflict"), None);
+    }
+
+    fn import(type_: ServiceImportType, ips: &[&str]) -> ServiceImport {
+        let mut import = ServiceImport::new(
+            "web",
+            ServiceImportSpec {
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    protocol: None,
+                    app_protocol: None,
+                    port: 80,
+                }],
+                ips: ips.iter().map(|ip| (*ip).to_owned()).collect(),
+                type_,
+                session_affinity: Some("ClientIP".into()),
+                ..Default::default()
+            },
+        );
+        import.metadata.namespace = Some("demo".into());
+        import.metadata.uid = Some("uid-1".into());
+        import
+    }
+
+    #[test]
+    fn a_derived_service_as_stored_needs_no_rewrite() {
+        let import = import(ServiceImportType::ClusterSetIP, &[]);
+        let owner = owner_of(&import).unwrap_or_else(|| unreachable!());
+        let wanted = derived_service(&import, "web", "derived-x", owner);
+        let spec = wanted.spec.clone().unwrap_or_default();
+        assert_eq!(spec.selector, None, "selectorless");
+        assert_eq!(
+            spec.cluster_ip, None,
+            "the API server allocates the ClusterSet IP"
+        );
+        assert_eq!(wanted.owner_references()[0].kind, "ServiceImport");
+        // What the API server stores: defaults filled in, an IP allocated.
+        let mut stored = wanted.clone();
+        if let Some(spec) = stored.spec.as_mut() {
+            spec.cluster_ip = Some("10.0.0.10".into());
+            spec.session_affinity_config = Some(SessionAffinityConfig {
+                client_ip: Some(k8s_openapi::api::core::v1::ClientIPConfig {
+                    timeout_seconds: Some(10800),
+                }),
+            });
+            for port in spec.ports.iter_mut().flatten() {
+                port.protocol = Some("TCP".into());
+            }
+        }
+        assert!(same_derived_service(&stored, &wanted));
+        // A changed port is a rewrite.
+        if let Some(port) = stored
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .and_then(|p| p.first_mut())
+        {
+            port.port = 81;
+        }
+        assert!(!same_derived_service(&stored, &wanted));
+
+        let headless = import_headless();
+        let spec = derived_service(&headless, "web", "derived-x", OwnerReference::default())
+            .spec
+            .unwrap_or_default();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    }
+
+    fn import_headless() -> ServiceImport {
+        import(ServiceImportType::Headless, &[])
+    }
+
+    #[test]
+    fn an_import_is_ready_once_usable() {
+        let ready = |i: &ServiceImport| {
+            condition(&import_ready(i, Vec::new()), "Ready")
+                .map(|(s, r)| (s.to_owned(), r.to_owned()))
+        };
+        assert_eq!(
+            ready(&import(ServiceImportType::ClusterSetIP, &[])),
+            Some(("False".into(), "Pending".into()))
+        );
+        assert_eq!(
+            ready(&import(ServiceImportType::ClusterSetIP, &["10.0.0.10"])),
+            Some(("True".into(), "Ready".into()))
+        );
+        assert_eq!(
+            ready(&import_headless()),
+            Some(("True".into(), "Ready".into()))
+        );
+        assert_eq!(ip_family("fd00::1"), "IPv6");
+        assert_eq!(ip_family("10.0.0.1"), "IPv4");
     }
 }
