@@ -7,6 +7,7 @@
 //! cluster's Lease every 10 s as `atoll agent` does. Fleets of each size run one after the
 //! other in one run, so the figures compare as ratios on a noisy machine.
 
+mod mcs;
 mod stub;
 
 use std::collections::BTreeMap;
@@ -52,6 +53,42 @@ enum Bench {
         #[arg(long, value_enum, default_value_t = Mode::Push)]
         mode: Mode,
     },
+    /// MCS: latency from an endpoint change in one member to the updated slices in all others.
+    McsPropagation {
+        /// Members (real test-bed clusters; cluster 0 is also the hub).
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// Endpoint changes to measure, one after the other.
+        #[arg(long, default_value_t = 200)]
+        changes: usize,
+    },
+    /// DNS: `atoll dns` and NSD (same records, static zone) under dnsperf, side by side.
+    DnsQps {
+        /// The atoll binary (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+        /// ClusterSetIP services.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Headless services.
+        #[arg(long, default_value_t = 100)]
+        headless: usize,
+        /// Endpoints per headless service.
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+        /// Seconds per dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Rounds (each measures atoll dns, then NSD).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// dnsperf clients.
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        /// NSD server processes.
+        #[arg(long, default_value_t = 2)]
+        nsd_servers: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +107,29 @@ async fn main() -> anyhow::Result<()> {
             atoll,
             mode,
         } => inventory_health(clusters, steady_seconds, health_period, atoll, mode).await,
+        Bench::McsPropagation { members, changes } => mcs::propagation(members, changes).await,
+        Bench::DnsQps {
+            atoll,
+            services,
+            headless,
+            endpoints,
+            seconds,
+            rounds,
+            clients,
+            nsd_servers,
+        } => {
+            mcs::dns(
+                atoll,
+                services,
+                headless,
+                endpoints,
+                seconds,
+                rounds,
+                clients,
+                nsd_servers,
+            )
+            .await
+        }
     }
 }
 

@@ -66,7 +66,9 @@ fn main() -> anyhow::Result<()> {
         Command::Token(command) => runtime()?.block_on(cmd::pull::token(command)),
         Command::Accept(args) => runtime()?.block_on(cmd::pull::accept(args)),
         Command::RotateCredentials(args) => runtime()?.block_on(cmd::pull::rotate(args)),
-        Command::Agent(args) => runtime()?.block_on(cmd::pull::agent(args, Vec::new())),
+        Command::Agent(args) => {
+            runtime()?.block_on(cmd::pull::agent(args, cmd::pull::agent_tasks()))
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`kubeutil`]: idempotent writes shared by every controller.
 //! - [`client`]: member clients multiplexing every watch and request over one HTTP/2
 //!   connection per member.
+//! - [`mcs`]: Multi-Cluster Services in push mode (the aggregator and one member syncer per
+//!   push-mode cluster, from `atoll-mcs`).
 //!
 //! Invariants:
 //! - Every write is safe to repeat: create-or-keep, never blind create.
@@ -18,3 +20,4 @@ pub mod client;
 pub mod inventory;
 pub mod kubeutil;
 pub mod leader;
+pub mod mcs;

@@ -82,20 +82,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
-    let controllers = futures::future::join(
-        inventory::status::run(
-            hub.clone(),
-            args.manager_namespace.clone(),
-            health,
-            std::future::pending(),
-        ),
-        inventory::pull::run_registrar(
-            hub,
-            args.manager_namespace,
-            args.auto_accept,
-            std::future::pending(),
-        ),
-    );
+    let controllers = async {
+        tokio::join!(
+            inventory::status::run(
+                hub.clone(),
+                args.manager_namespace.clone(),
+                health,
+                std::future::pending(),
+            ),
+            inventory::pull::run_registrar(
+                hub.clone(),
+                args.manager_namespace.clone(),
+                args.auto_accept,
+                std::future::pending(),
+            ),
+            atoll_controllers::mcs::run(hub, args.manager_namespace, std::future::pending()),
+        );
+    };
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
         _ = controllers => Ok(()),

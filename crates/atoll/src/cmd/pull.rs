@@ -222,6 +222,24 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the agent runs for its cluster while connected: MCS export and import.
+pub fn agent_tasks() -> Vec<ClusterTask> {
+    let mcs: ClusterTask = std::sync::Arc::new(|connected: atoll_agent::Connected| {
+        Box::pin(atoll_mcs::member::run(
+            atoll_mcs::member::MemberConfig {
+                hub: connected.hub,
+                hub_namespace: connected.namespace,
+                member: connected.member,
+                cluster_name: connected.cluster,
+                cluster_id: connected.cluster_id,
+                member_owner: None,
+            },
+            std::future::pending(),
+        ))
+    });
+    vec![mcs]
+}
+
 pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<()> {
     let member = args.member.client().await?;
     let ca_pem = match (&args.hub_ca_data, &args.hub_ca) {

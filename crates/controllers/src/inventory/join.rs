@@ -651,7 +651,7 @@ fn member_rules() -> Vec<PolicyRule> {
         ..Default::default()
     };
     let crd_name = ClusterProperty::crd().metadata.name.unwrap_or_default();
-    vec![
+    let mut rules = vec![
         rule(
             atoll_api::about::GROUP,
             "clusterproperties",
@@ -693,7 +693,15 @@ fn member_rules() -> Vec<PolicyRule> {
             verbs: vec!["get".into()],
             ..Default::default()
         },
-    ]
+    ];
+    rules.extend(mcs_member_rules());
+    rules
+}
+
+/// Multi-Cluster Services: what `atoll_mcs::member` needs in a member (see
+/// `atoll_mcs::rbac::member_rules`), kept as one block apart from the inventory's own rules.
+fn mcs_member_rules() -> Vec<PolicyRule> {
+    atoll_mcs::rbac::member_rules()
 }
 
 fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, JoinError> {

@@ -722,10 +722,7 @@ async fn check_unique(
 /// What a cluster's agent may do on the hub: its own namespace's Works, MCS objects, Lease,
 /// status report and events, and renewing its own certificate. Nothing else.
 pub fn agent_namespace_rules() -> Vec<PolicyRule> {
-    let read_write = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    vec![
+    let mut rules = vec![
         rule(
             atoll_api::work::GROUP,
             "works",
@@ -738,21 +735,6 @@ pub fn agent_namespace_rules() -> Vec<PolicyRule> {
             &[],
             &["get", "update", "patch"],
         ),
-        rule(atoll_api::mcs::GROUP, "serviceexports", &[], &read_write),
-        rule(
-            atoll_api::mcs::GROUP,
-            "serviceexports/status",
-            &[],
-            &read_write,
-        ),
-        rule(atoll_api::mcs::GROUP, "serviceimports", &[], &read_write),
-        rule(
-            atoll_api::mcs::GROUP,
-            "serviceimports/status",
-            &[],
-            &read_write,
-        ),
-        rule("discovery.k8s.io", "endpointslices", &[], &read_write),
         rule("coordination.k8s.io", "leases", &[], &["create"]),
         rule(
             "coordination.k8s.io",
@@ -768,7 +750,10 @@ pub fn agent_namespace_rules() -> Vec<PolicyRule> {
             &["get", "update", "patch"],
         ),
         rule("", "events", &[], &["create", "patch"]),
-    ]
+    ];
+    // The MCS member syncer publishes exports and reads imports in the same namespace.
+    rules.extend(atoll_mcs::rbac::hub_namespace_rules());
+    rules
 }
 
 async fn install_agent_rbac(

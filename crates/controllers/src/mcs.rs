@@ -1,0 +1,165 @@
+//! Multi-Cluster Services in push mode: the hub runs [`atoll_mcs`]'s aggregator, and for
+//! every push-mode cluster (an Atoll-managed ClusterProfile whose hub namespace holds the
+//! `member-kubeconfig` Secret) the member syncer, with the member's credentials and a hub
+//! client used only in that cluster's namespace: the same code the agent runs in pull mode.
+//!
+//! The set of syncers follows a watch on ClusterProfiles, one worker per profile, as the
+//! status controller does. A cluster without member credentials (pull mode) gets no syncer
+//! here; its agent runs it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use atoll_api::cluster_profile::{ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER};
+use atoll_mcs::hub::HubConfig;
+use atoll_mcs::member::MemberConfig;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::inventory::{
+    CLUSTER_NAMESPACE_PREFIX, MEMBER_CLUSTER_ROLE, cluster_namespace, member_from_secret,
+    profile_cluster_id,
+};
+use crate::kubeutil::is_managed;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+/// How soon a worker looks again for credentials or a cluster ID it does not have yet; the
+/// delay doubles up to [`WAIT_MAX`] (a pull-mode cluster never gets credentials here).
+const WAIT: Duration = Duration::from_secs(1);
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Runs the MCS aggregator and one member syncer per push-mode cluster until `shutdown`.
+pub async fn run(hub: Client, manager_namespace: String, shutdown: impl Future<Output = ()>) {
+    let aggregator = atoll_mcs::hub::run(
+        HubConfig {
+            hub: hub.clone(),
+            manager_namespace: manager_namespace.clone(),
+            cluster_namespace_prefix: CLUSTER_NAMESPACE_PREFIX.to_owned(),
+        },
+        std::future::pending(),
+    );
+    tokio::select! {
+        () = shutdown => {},
+        () = aggregator => {},
+        () = follow_profiles(hub, manager_namespace) => {},
+    }
+}
+
+async fn follow_profiles(hub: Client, manager_namespace: String) {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let config = watcher::Config::default()
+        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
+    let (cache, writer) = reflector::store();
+    let mut events = watcher::watcher(profiles, config)
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut listing: Vec<String> = Vec::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+                let name = profile.name_any();
+                listing.push(name.clone());
+                if profile.metadata.deletion_timestamp.is_some() {
+                    workers.remove(&name);
+                    continue;
+                }
+                workers.entry(name.clone()).or_insert_with(|| {
+                    debug!(cluster = %name, "MCS: following cluster");
+                    Worker(tokio::spawn(member_worker(
+                        hub.clone(),
+                        cache.clone(),
+                        manager_namespace.clone(),
+                        name,
+                    )))
+                });
+            }
+            Ok(Event::Delete(profile)) => {
+                if workers.remove(&profile.name_any()).is_some() {
+                    info!(cluster = %profile.name_any(), "MCS: cluster gone; stopping its syncer");
+                }
+            }
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitDone) => workers.retain(|name, _| listing.contains(name)),
+            Err(error) => warn!(%error, "MCS: watching ClusterProfiles"),
+        }
+    }
+}
+
+/// A cluster's syncer task, aborted when dropped.
+struct Worker(JoinHandle<()>);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits for the cluster's credentials and ID, then runs its member syncer until aborted.
+async fn member_worker(
+    hub: Client,
+    cache: reflector::Store<ClusterProfile>,
+    manager_namespace: String,
+    name: String,
+) {
+    let namespace = cluster_namespace(&name);
+    let key = ObjectRef::new(&name).within(&manager_namespace);
+    let mut wait = WAIT;
+    let (member, cluster_id) = loop {
+        let cluster_id = cache.get(&key).and_then(|p| profile_cluster_id(&p));
+        match (member_from_secret(&hub, &namespace).await, cluster_id) {
+            (Ok(Some(member)), Some(cluster_id)) => break (member, cluster_id),
+            (Ok(None), _) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
+            (Err(error), _) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
+            (Ok(Some(_)), None) => debug!(cluster = %name, "MCS: no cluster ID yet"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(WAIT_MAX);
+    };
+    let member_owner = loop {
+        match member_role_owner(&member).await {
+            Ok(owner) => break owner,
+            Err(error) => warn!(cluster = %name, %error, "MCS: reading Atoll's member ClusterRole"),
+        }
+        tokio::time::sleep(WAIT).await;
+    };
+    info!(cluster = %name, %cluster_id, "MCS: syncing member");
+    atoll_mcs::member::run(
+        MemberConfig {
+            hub,
+            hub_namespace: namespace,
+            member,
+            cluster_name: name,
+            cluster_id,
+            member_owner,
+        },
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// Atoll's ClusterRole in the member as an owner: what MCS writes there goes with it at
+/// unjoin. `None` if the role is missing or not Atoll's (then nothing is owned).
+async fn member_role_owner(member: &Client) -> Result<Option<OwnerReference>, kube::Error> {
+    let role = Api::<ClusterRole>::all(member.clone())
+        .get_opt(MEMBER_CLUSTER_ROLE)
+        .await?;
+    Ok(role.filter(is_managed).and_then(|role| {
+        Some(OwnerReference {
+            api_version: "rbac.authorization.k8s.io/v1".into(),
+            kind: "ClusterRole".into(),
+            name: MEMBER_CLUSTER_ROLE.into(),
+            uid: role.metadata.uid?,
+            ..Default::default()
+        })
+    }))
+}

@@ -1,0 +1,181 @@
+//! Watched caches and idempotent writes shared by the member syncer and the hub aggregator.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::FIELD_MANAGER;
+
+/// Aborts a task when dropped: a cache's watch ends with its owner.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A cache kept by a watch; every event wakes `changed`.
+pub(crate) struct Cache<K: Resource + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    pub(crate) store: Store<K>,
+    _task: AbortOnDrop,
+}
+
+impl<K> Cache<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+{
+    /// Watches `api` (filtered by `config`).
+    pub(crate) fn new(
+        api: Api<K>,
+        config: watcher::Config,
+        what: &'static str,
+        changed: Arc<Notify>,
+    ) -> Self {
+        Self::with_type(api, config, K::DynamicType::default(), what, changed)
+    }
+}
+
+impl<K> Cache<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    /// Watches `api` of a dynamic type.
+    pub(crate) fn with_type(
+        api: Api<K>,
+        config: watcher::Config,
+        dyntype: K::DynamicType,
+        what: &'static str,
+        changed: Arc<Notify>,
+    ) -> Self {
+        let writer = Writer::new(dyntype);
+        let store = writer.as_reader();
+        let stream = watcher::watcher(api, config)
+            .default_backoff()
+            .reflect(writer);
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(_) => changed.notify_one(),
+                    Err(error) => tracing::warn!(%error, what, "watch failed; retrying"),
+                }
+            }
+        });
+        Cache {
+            store,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    /// Resolves once the first list is in.
+    pub(crate) async fn ready(&self) {
+        // Fails only when the writer is dropped, i.e. never while the task runs.
+        let _ = self.store.wait_until_ready().await;
+    }
+
+    /// Every cached object that is not being deleted.
+    pub(crate) fn live(&self) -> Vec<Arc<K>> {
+        self.store
+            .state()
+            .into_iter()
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// Every cached object, by `(namespace, name)`.
+    pub(crate) fn by_key(&self) -> BTreeMap<(String, String), Arc<K>> {
+        self.store
+            .state()
+            .into_iter()
+            .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), o))
+            .collect()
+    }
+}
+
+/// Counts failed writes of one reconcile; each is logged where it happens.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) writes: usize,
+    pub(crate) failures: usize,
+}
+
+impl Outcome {
+    pub(crate) fn record<T>(&mut self, what: &str, name: &str, result: Result<T, kube::Error>) {
+        self.writes += 1;
+        if let Err(error) = result {
+            self.failures += 1;
+            tracing::warn!(%error, what, name, "write failed; will retry");
+        }
+    }
+}
+
+/// Server-side apply of `object` as Atoll's MCS field manager.
+pub(crate) async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+/// Merge-patches the status subresource.
+pub(crate) async fn patch_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+}
+
+/// Deletes by name; gone already is fine.
+pub(crate) async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether every `(key, value)` of `wanted` is in `actual`.
+pub(crate) fn contains_all(
+    actual: Option<&BTreeMap<String, String>>,
+    wanted: &BTreeMap<String, String>,
+) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| actual.and_then(|a| a.get(k)) == Some(v))
+}
