@@ -384,18 +384,8 @@ async fn cluster_worker(
             }
         }
         let observed = properties.as_ref().map(|(store, _)| store.state());
-        if let Err(error) = publish(
-            &profiles,
-            cache.get(&key),
-            &name,
-            probe_due.then(|| Verdict::of(&tracker)),
-            version,
-            observed,
-        )
-        .await
-        {
-            warn!(cluster = %name, %error, "updating the ClusterProfile status");
-        }
+        let verdict = probe_due.then(|| Verdict::of(&tracker));
+        publish_retrying(&profiles, &cache, &key, &name, verdict, version, observed).await;
     }
 }
 
@@ -541,18 +531,16 @@ async fn pull_worker(
                 })
                 .collect()
         });
-        if let Err(error) = publish(
+        publish_retrying(
             &profiles,
-            cache.get(&key),
+            &cache,
+            &key,
             &name,
             Some(verdict),
             version,
             observed,
         )
-        .await
-        {
-            warn!(cluster = %name, %error, "updating the ClusterProfile status");
-        }
+        .await;
     }
 }
 
@@ -586,6 +574,44 @@ fn watch_properties(
         }
     });
     (reader, AbortOnDrop(task))
+}
+
+/// [`publish`], again after a conflict: the cached profile was behind (the worker's own last
+/// write, or someone else's, has not reached the cache yet), so give the watch a moment rather
+/// than waiting a whole health period.
+async fn publish_retrying(
+    profiles: &Api<ClusterProfile>,
+    cache: &reflector::Store<ClusterProfile>,
+    key: &ObjectRef<ClusterProfile>,
+    name: &str,
+    health: Option<Verdict>,
+    version: Option<String>,
+    observed: Option<Vec<Arc<ClusterProperty>>>,
+) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = publish(
+            profiles,
+            cache.get(key),
+            name,
+            health.clone(),
+            version.clone(),
+            observed.clone(),
+        )
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 10 => {
+                debug!(cluster = %name, attempt, "profile changed meanwhile; writing again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => {
+                warn!(cluster = %name, %error, "updating the ClusterProfile status");
+                return;
+            }
+        }
+    }
 }
 
 /// Writes the status fields that differ from what the profile shows.
