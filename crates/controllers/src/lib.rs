@@ -4,6 +4,7 @@
 //!   cluster's namespace and credentials on the hub, its ClusterProfile, and the least-privilege
 //!   footprint Atoll keeps in the member (the About API and one identity).
 //! - [`kubeutil`]: idempotent writes shared by every controller.
+//! - [`work`]: push-mode Work distribution: one `atoll_work` applier per joined cluster.
 //!
 //! Invariants:
 //! - Every write is safe to repeat: create-or-keep, never blind create.
@@ -15,3 +16,4 @@
 pub mod inventory;
 pub mod kubeutil;
 pub mod leader;
+pub mod work;

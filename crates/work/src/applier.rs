@@ -1123,6 +1123,48 @@ async fn publish(work: &Work, ctx: &Ctx, results: &[ManifestResult]) -> Result<(
     Ok(())
 }
 
+/// Removes the cleanup finalizer from every Work `works` holds, so that they (and a namespace
+/// being deleted around them) go without waiting for a member that is gone: what unjoining a
+/// cluster does. Returns how many Works were released. A hub without the Work CRD has none.
+pub async fn release_finalizers(works: &Api<Work>) -> Result<usize, kube::Error> {
+    let mut released = 0;
+    // A Work written concurrently (by a still-running applier) conflicts: read again.
+    for _ in 0..5 {
+        let list = match works.list(&Default::default()).await {
+            Ok(list) => list,
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(released),
+            Err(e) => return Err(e),
+        };
+        let mut conflicts = false;
+        for work in list.items {
+            if !work
+                .finalizers()
+                .iter()
+                .any(|f| f == FINALIZER_WORK_CLEANUP)
+            {
+                continue;
+            }
+            match set_finalizer(works, &work, false).await {
+                Ok(()) => released += 1,
+                Err(WorkError::Hub {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 404 => {}
+                Err(WorkError::Hub {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 409 => conflicts = true,
+                Err(WorkError::Hub { source, .. }) => return Err(source),
+                Err(_) => {}
+            }
+        }
+        if !conflicts {
+            break;
+        }
+    }
+    Ok(released)
+}
+
 /// Cleans up after Works that disappeared without their finalizer running (deleted while
 /// the applier was not running and the finalizer was released): their AppliedWorks in the
 /// member are collected like a deleted Work's. Runs once the Work cache is complete, then at

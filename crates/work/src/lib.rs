@@ -32,4 +32,4 @@ pub mod diff;
 pub mod manifest;
 pub mod status;
 
-pub use applier::{ApplierConfig, FIELD_MANAGER, WorkError, run};
+pub use applier::{ApplierConfig, FIELD_MANAGER, WorkError, release_finalizers, run};

@@ -73,13 +73,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
-    let controllers =
-        inventory::status::run(hub, args.manager_namespace, health, std::future::pending());
-    let outcome = tokio::select! {
-        () = &mut shutdown => Ok(()),
-        () = controllers => Ok(()),
-        () = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")),
+    let status = inventory::status::run(
+        hub.clone(),
+        args.manager_namespace.clone(),
+        health,
+        std::future::pending(),
+    );
+    let (stop_work, work_stopped) = tokio::sync::oneshot::channel::<()>();
+    let work = atoll_controllers::work::run(
+        hub,
+        args.manager_namespace,
+        atoll_work::ApplierConfig::default(),
+        async move {
+            let _ = work_stopped.await;
+        },
+    );
+    tokio::pin!(status);
+    tokio::pin!(work);
+    let (outcome, work_running) = tokio::select! {
+        () = &mut shutdown => (Ok(()), true),
+        () = &mut status => (Ok(()), true),
+        () = &mut work => (Ok(()), false),
+        () = elector.hold() => (Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")), true),
     };
+    if work_running {
+        // Appliers finish their in-flight Works before the lease goes to the next leader.
+        let _ = stop_work.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut work).await;
+    }
     elector.release().await?;
     info!("stopped");
     outcome
