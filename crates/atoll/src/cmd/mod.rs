@@ -5,3 +5,4 @@ pub mod crds;
 pub mod dns;
 pub mod get;
 pub mod join;
+pub mod work;
