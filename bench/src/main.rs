@@ -1,11 +1,14 @@
 //! `atoll-bench`: benchmarks that print figures for BENCHMARKS.md.
 //!
+//! `work-latency`: push-mode Work delivery to real member kube-apiservers (see `work`).
+//!
 //! `inventory-health`: the hub-side cost of health checking and property watching for many
 //! push-mode clusters. A real kube-apiserver (from the test bed) is the hub; one stub HTTPS
 //! server stands in for every member. Fleets of each size run side by side in one run, so
 //! the figures compare as ratios on a noisy machine.
 
 mod stub;
+mod work;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,6 +46,22 @@ enum Bench {
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
     },
+    /// Push-mode Work delivery: hub-to-member latency (p50/p99), throughput and hub memory
+    /// of `atoll controller` with N real member kube-apiservers.
+    WorkLatency {
+        /// Fleet sizes (members), measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "1,10")]
+        members: Vec<usize>,
+        /// Works created one at a time per size, for the latency percentiles.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Works created at once per size, for the throughput.
+        #[arg(long, default_value_t = 1000)]
+        works: usize,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +73,12 @@ async fn main() -> anyhow::Result<()> {
             health_period,
             atoll,
         } => inventory_health(clusters, steady_seconds, health_period, atoll).await,
+        Bench::WorkLatency {
+            members,
+            samples,
+            works,
+            atoll,
+        } => work::work_latency(members, samples, works, atoll).await,
     }
 }
 
@@ -280,7 +305,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
