@@ -337,3 +337,49 @@ async fn delete_options_orphan_all_or_the_listed_resources() -> Result<()> {
     let _: Option<Work> = None;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_work_deleted_without_its_finalizer_is_still_collected() -> Result<()> {
+    let fleet = fleet().await?;
+    let applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    create(
+        &fleet.works,
+        &work("vanish", vec![configmap("v1", "default", json!({}))]),
+    )
+    .await?;
+    work_until(&fleet.works, "vanish", "applied", |w| {
+        work_condition(w, CONDITION_APPLIED, TRUE)
+    })
+    .await?;
+    // While the applier is away, the Work goes without its finalizer running.
+    applier.stop().await?;
+    fleet
+        .works
+        .patch(
+            "vanish",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    fleet
+        .works
+        .delete("vanish", &DeleteParams::default())
+        .await?;
+    let _applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    eventually(
+        "the vanished Work's objects collected",
+        Duration::from_secs(60),
+        || async {
+            let gone = member_configmap(&fleet.member, "default", "v1")
+                .await?
+                .is_none()
+                && Api::<AppliedWork>::all(fleet.member.clone())
+                    .get_opt("vanish")
+                    .await?
+                    .is_none();
+            Ok(gone.then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

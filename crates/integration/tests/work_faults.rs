@@ -84,8 +84,23 @@ async fn a_work_edited_while_the_member_is_down_for_a_minute_converges() -> Resu
         ];
     })
     .await?;
-    // The fault itself: the member stays down for a minute while the applier keeps trying.
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // The fault itself: the member stays down for a minute while the applier keeps trying,
+    // and the hub says the member's state is unknown rather than repeating the old state.
+    let down_since = tokio::time::Instant::now();
+    let unknown = work_until(&fleet.works, "app", "member unreachable", |w| {
+        work_condition(w, CONDITION_APPLIED, "Unknown")
+    })
+    .await?;
+    ensure!(
+        unknown
+            .status
+            .as_ref()
+            .and_then(|s| atoll_api::conditions::find(&s.conditions, CONDITION_APPLIED))
+            .is_some_and(|c| c.reason == "MemberUnreachable"),
+        "{:?}",
+        unknown.status
+    );
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(down_since.elapsed())).await;
     down.start()?;
     wait_ready(&fleet.member).await?;
 

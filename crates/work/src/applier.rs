@@ -406,7 +406,17 @@ async fn reconcile(work: Arc<Work>, ctx: Arc<Ctx>) -> Result<Action, WorkError> 
     if !finalized {
         set_finalizer(&ctx.works, &work, true).await?;
     }
-    let retry = apply_work(&work, &ctx).await?;
+    let retry = match apply_work(&work, &ctx).await {
+        Ok(retry) => retry,
+        Err(error @ WorkError::Member { .. }) => {
+            // Say so on the hub: conditions of a member that cannot be reached are unknown.
+            if let Err(status_error) = publish_unreachable(&work, &ctx, &error).await {
+                debug!(%status_error, "writing the Work's status");
+            }
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     Ok(if retry {
         Action::requeue(ctx.backoff(&name))
     } else {
@@ -1165,6 +1175,39 @@ pub async fn release_finalizers(works: &Api<Work>) -> Result<usize, kube::Error>
     Ok(released)
 }
 
+/// Marks the Work's conditions Unknown with the member's error, keeping the manifest
+/// conditions last observed.
+async fn publish_unreachable(work: &Work, ctx: &Ctx, error: &WorkError) -> Result<(), WorkError> {
+    let current = work.status.clone().unwrap_or_default();
+    let mut work_conditions = current.conditions.clone();
+    let now = Time(Timestamp::now());
+    for type_ in [CONDITION_APPLIED, CONDITION_AVAILABLE] {
+        conditions::set(
+            &mut work_conditions,
+            conditions::condition(
+                type_,
+                UNKNOWN,
+                "MemberUnreachable",
+                format!("the member cannot be reached; retrying: {error}"),
+                work.metadata.generation,
+                now.clone(),
+            ),
+        );
+    }
+    if work_conditions == current.conditions {
+        return Ok(());
+    }
+    ctx.works
+        .patch_status(
+            &work.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": work_conditions}})),
+        )
+        .await
+        .map_err(on_hub("writing the Work's status"))?;
+    Ok(())
+}
+
 /// Cleans up after Works that disappeared without their finalizer running (deleted while
 /// the applier was not running and the finalizer was released): their AppliedWorks in the
 /// member are collected like a deleted Work's. Runs once the Work cache is complete, then at
@@ -1175,6 +1218,7 @@ async fn sweep(ctx: Arc<Ctx>, store: Store<Work>) {
     }
     let records: Api<AppliedWork> = Api::all(ctx.member.clone());
     loop {
+        let mut pending = false;
         match records.list(&Default::default()).await {
             Ok(list) => {
                 for record in list.items {
@@ -1192,14 +1236,20 @@ async fn sweep(ctx: Arc<Ctx>, store: Store<Work>) {
                         Ok(true) => {
                             info!(work = %record.spec.work_name, "collected the member resources of a vanished Work")
                         }
-                        Ok(false) => {}
+                        Ok(false) => pending = true,
                         Err(error) => debug!(%error, "sweeping AppliedWorks"),
                     }
                 }
             }
             Err(error) => debug!(%error, "listing AppliedWorks"),
         }
-        tokio::time::sleep(ctx.config.resync_period.min(Duration::from_secs(60))).await;
+        // Foreground deletions in progress are looked at again soon.
+        let pause = if pending {
+            Duration::from_secs(2)
+        } else {
+            ctx.config.resync_period.min(Duration::from_secs(60))
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
