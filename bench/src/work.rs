@@ -4,7 +4,8 @@
 //! For each fleet size: the latency from creating a Work on the hub to its object existing in
 //! the member (one Work at a time, each holding one ConfigMap; the member's own watch tells
 //! when it exists), then the throughput of many Works created at once and spread over the
-//! members, then the controller's resident memory.
+//! members, then the controller's resident memory. Also the latency from a change in a member
+//! to the hub's Work status showing it (a JSONPath feedback value of a ReadOnly manifest).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -96,8 +97,59 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A Work that only reads `bench/status-probe` in its member and feeds back `.data.v`.
+fn status_probe() -> Work {
+    let mut probe = work("status-probe");
+    probe.spec.manifest_configs = vec![atoll_api::work::ManifestConfig {
+        resource_identifier: atoll_api::work::ResourceIdentifier {
+            group: String::new(),
+            resource: "configmaps".into(),
+            namespace: NAMESPACE.into(),
+            name: "status-probe".into(),
+        },
+        feedback_rules: vec![atoll_api::work::FeedbackRule {
+            type_: atoll_api::work::FeedbackRuleType::JSONPaths,
+            json_paths: vec![atoll_api::work::JsonPath {
+                name: "v".into(),
+                path: ".data.v".into(),
+            }],
+        }],
+        update_strategy: Some(atoll_api::work::UpdateStrategy {
+            type_: atoll_api::work::UpdateStrategyType::ReadOnly,
+            server_side_apply: None,
+        }),
+    }];
+    probe
+}
+
+/// Records when each fed-back value of a cluster's status probe is first seen on the hub.
+fn watch_hub_feedback(works: Api<Work>, cluster: usize, seen: Arc<Seen>) {
+    tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=status-probe");
+        let mut stream = watcher::watcher(works, config).default_backoff().boxed();
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            if let Ok(Event::Apply(w) | Event::InitApply(w)) = event {
+                let value = w
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.manifest_conditions.first())
+                    .and_then(|m| m.status_feedback.as_ref())
+                    .and_then(|f| f.values.first())
+                    .and_then(|v| v.field_value.string.clone());
+                if let (Some(value), Ok(mut at)) = (value, seen.at.lock()) {
+                    at.entry(format!("status-{cluster}-{value}")).or_insert(now);
+                }
+                seen.changed.notify_waiters();
+            }
+        }
+    });
+}
+
 struct Figures {
     members: usize,
+    status_p50: Duration,
+    status_p99: Duration,
     p50: Duration,
     p99: Duration,
     max: Duration,
@@ -156,6 +208,18 @@ pub async fn work_latency(
             )
             .await
             .with_context(|| format!("joining member {joined}"))?;
+            let mut probe = ConfigMap::default();
+            probe.metadata.name = Some("status-probe".into());
+            probe.data = Some([("v".to_owned(), "start".to_owned())].into());
+            Api::<ConfigMap>::namespaced(member.clone(), NAMESPACE)
+                .create(&PostParams::default(), &probe)
+                .await?;
+            let works: Api<Work> =
+                Api::namespaced(hub.clone(), &cluster_namespace(&format!("m{joined}")));
+            works
+                .create(&PostParams::default(), &status_probe())
+                .await?;
+            watch_hub_feedback(works, joined, seen.clone());
             watch_member(member, seen.clone());
         }
         eprintln!("measuring {size} member(s)");
@@ -192,6 +256,27 @@ pub async fn work_latency(
         }
         latencies.sort();
 
+        // Member change -> hub status: a value changed in the member, fed back by JSONPath.
+        let mut status_latencies = Vec::with_capacity(samples);
+        for i in 0..samples {
+            let member = 1 + i % size;
+            let client = testbed.clusters()[member].client().await?;
+            let value = format!("r{round}-{i}");
+            let started = Instant::now();
+            Api::<ConfigMap>::namespaced(client, NAMESPACE)
+                .patch(
+                    "status-probe",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({"data": {"v": value}})),
+                )
+                .await?;
+            let at = seen
+                .wait(&format!("status-{member}-{value}"), Duration::from_secs(60))
+                .await?;
+            status_latencies.push(at.saturating_duration_since(started));
+        }
+        status_latencies.sort();
+
         let started = Instant::now();
         let names: Vec<(usize, String)> = (0..throughput_works)
             .map(|i| (1 + i % size, format!("tp-{round}-{i}")))
@@ -218,6 +303,8 @@ pub async fn work_latency(
         controller.wait()?;
         figures.push(Figures {
             members: size,
+            status_p50: percentile(&status_latencies, 50.0),
+            status_p99: percentile(&status_latencies, 99.0),
             p50: percentile(&latencies, 50.0),
             p99: percentile(&latencies, 99.0),
             max: latencies.last().copied().unwrap_or_default(),
@@ -227,16 +314,18 @@ pub async fn work_latency(
         });
     }
     println!(
-        "| members | latency p50 | latency p99 | latency max | Works at once | all delivered after | Works/s | controller RSS (MiB) |"
+        "| members | create→exists p50 | p99 | max | member change→hub status p50 | p99 | Works at once | all delivered after | Works/s | controller RSS (MiB) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &figures {
         println!(
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} s | {:.0} | {:.1} |",
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} s | {:.0} | {:.1} |",
             f.members,
             f.p50.as_secs_f64() * 1000.0,
             f.p99.as_secs_f64() * 1000.0,
             f.max.as_secs_f64() * 1000.0,
+            f.status_p50.as_secs_f64() * 1000.0,
+            f.status_p99.as_secs_f64() * 1000.0,
             f.works,
             f.throughput_elapsed.as_secs_f64(),
             f.works as f64 / f.throughput_elapsed.as_secs_f64().max(f64::EPSILON),
