@@ -408,14 +408,25 @@ async fn reconcile(work: Arc<Work>, ctx: Arc<Ctx>) -> Result<Action, WorkError> 
     }
     let retry = match apply_work(&work, &ctx).await {
         Ok(retry) => retry,
-        Err(error @ WorkError::Member { .. }) => {
-            // Say so on the hub: conditions of a member that cannot be reached are unknown.
-            if let Err(status_error) = publish_unreachable(&work, &ctx, &error).await {
+        Err(error) => {
+            // Say so on the hub, rather than leave the last observed state standing.
+            let verdict = match &error {
+                WorkError::Member {
+                    source: kube::Error::Api(_),
+                    ..
+                } => Some((UNKNOWN, "MemberError")),
+                WorkError::Member { .. } => Some((UNKNOWN, "MemberUnreachable")),
+                WorkError::RecordConflict { .. } => Some((FALSE, "AppliedWorkConflict")),
+                WorkError::Hub { .. } => None,
+            };
+            if let Some((status, reason)) = verdict
+                && let Err(status_error) =
+                    publish_failure(&work, &ctx, status, reason, &error).await
+            {
                 debug!(%status_error, "writing the Work's status");
             }
             return Err(error);
         }
-        Err(error) => return Err(error),
     };
     Ok(if retry {
         Action::requeue(ctx.backoff(&name))
@@ -1175,9 +1186,16 @@ pub async fn release_finalizers(works: &Api<Work>) -> Result<usize, kube::Error>
     Ok(released)
 }
 
-/// Marks the Work's conditions Unknown with the member's error, keeping the manifest
-/// conditions last observed.
-async fn publish_unreachable(work: &Work, ctx: &Ctx, error: &WorkError) -> Result<(), WorkError> {
+/// Sets the Work's Applied and Available conditions to a failure of the whole Work (the member
+/// cannot be reached, or its record belongs to another Work), keeping the manifest conditions
+/// last observed.
+async fn publish_failure(
+    work: &Work,
+    ctx: &Ctx,
+    status: &str,
+    reason: &str,
+    error: &WorkError,
+) -> Result<(), WorkError> {
     let current = work.status.clone().unwrap_or_default();
     let mut work_conditions = current.conditions.clone();
     let now = Time(Timestamp::now());
@@ -1186,9 +1204,9 @@ async fn publish_unreachable(work: &Work, ctx: &Ctx, error: &WorkError) -> Resul
             &mut work_conditions,
             conditions::condition(
                 type_,
-                UNKNOWN,
-                "MemberUnreachable",
-                format!("the member cannot be reached; retrying: {error}"),
+                status,
+                reason,
+                format!("retrying: {error}"),
                 work.metadata.generation,
                 now.clone(),
             ),
