@@ -26,7 +26,8 @@ use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::predicates;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::wait::{await_condition, conditions as wait_conditions};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
@@ -311,9 +312,17 @@ pub async fn run(
         failures: Mutex::new(HashMap::new()),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = Controller::new(hub_works, watcher::Config::default())
+    // Only spec changes and deletion (both bump the generation) need the member; the
+    // applier's own writes (finalizer, status) then wake nothing, and member changes arrive
+    // through the member watches.
+    let (store, writer) = reflector::store();
+    let works = watcher::watcher(hub_works, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(works, store.clone())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency));
-    let store = controller.store();
     let controller = controller
         .reconcile_on(triggers)
         .graceful_shutdown_on(async move {
