@@ -166,6 +166,27 @@ async fn removing_a_manifest_or_the_work_deletes_exactly_the_applied_uids() -> R
     })
     .await?;
 
+    // A manifest Atoll cannot read (no name) deletes nothing: what it named before is unknown.
+    edit(&fleet.works, "gc", |spec| {
+        spec.workload.manifests[0].0["metadata"] =
+            json!({"generateName": "keep-", "namespace": "default"});
+    })
+    .await?;
+    work_until(&fleet.works, "gc", "unreadable manifest reported", |w| {
+        manifest_condition(w, 0, CONDITION_APPLIED).is_some_and(|c| c.reason == "InvalidManifest")
+    })
+    .await?;
+    ensure!(
+        member_configmap(&fleet.member, "default", "keep")
+            .await?
+            .is_some()
+    );
+    edit(&fleet.works, "gc", |spec| {
+        spec.workload.manifests[0] =
+            atoll_api::work::Manifest(configmap("keep", "default", json!({"a": "1"})));
+    })
+    .await?;
+
     // Removing a manifest deletes its object.
     edit(&fleet.works, "gc", |spec| {
         spec.workload.manifests.remove(1);

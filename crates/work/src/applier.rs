@@ -990,6 +990,9 @@ async fn apply_work(work: &Work, ctx: &Ctx) -> Result<bool, WorkError> {
             });
         }
     }
+    // A manifest that cannot be read names nothing, so whatever it named before is unknown:
+    // a typo in a Work must not delete anything from the member.
+    let unreadable = results.iter().any(|r| r.applied.1 == "InvalidManifest");
     let mut stale = Vec::new();
     for previous in &before {
         if after.iter().any(|r| r.uid == previous.uid) {
@@ -1003,7 +1006,7 @@ async fn apply_work(work: &Work, ctx: &Ctx) -> Result<bool, WorkError> {
                 && (r.identifier.resource.is_empty()
                     || r.identifier.namespace == previous.identifier.namespace)
         });
-        if unknown {
+        if unknown || unreadable {
             after.push(previous.clone());
         } else {
             stale.push(previous.clone());
