@@ -61,6 +61,17 @@ async fn availability_and_feedback_follow_a_rollout() -> Result<()> {
                 "metadata": {"name": "once", "namespace": "default"},
                 "spec": {"template": {"spec": {"restartPolicy": "Never",
                     "containers": [{"name": "c", "image": "busybox"}]}}}}),
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "db", "namespace": "default"},
+                "spec": {"serviceName": "db", "replicas": 1,
+                    "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"metadata": {"labels": {"app": "db"}},
+                        "spec": {"containers": [{"name": "db", "image": "postgres"}]}}}}),
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "agent", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                    "template": {"metadata": {"labels": {"app": "agent"}},
+                        "spec": {"containers": [{"name": "agent", "image": "busybox"}]}}}}),
         ],
     );
     let rules = |group: &str, resource: &str, name: &str| ManifestConfig {
@@ -88,6 +99,8 @@ async fn availability_and_feedback_follow_a_rollout() -> Result<()> {
     w.spec.manifest_configs = vec![
         rules("apps", "deployments", "web"),
         rules("batch", "jobs", "once"),
+        rules("apps", "statefulsets", "db"),
+        rules("apps", "daemonsets", "agent"),
     ];
     create(&fleet.works, &w).await?;
 
@@ -108,6 +121,20 @@ async fn availability_and_feedback_follow_a_rollout() -> Result<()> {
     })
     .await?;
     ensure!(value(&ready, 0, "availableReplicas") == Some(json!(2)));
+    // StatefulSet and DaemonSet: available per their own counters, reported as well-known values.
+    let workloads = work_until(
+        &fleet.works,
+        "web",
+        "statefulset and daemonset available",
+        |w| {
+            value(w, 2, "readyReplicas") == Some(json!(1))
+                && value(w, 3, "numberAvailable") == Some(json!(1))
+                && manifest_condition(w, 2, CONDITION_AVAILABLE).is_some_and(|c| c.status == TRUE)
+                && manifest_condition(w, 3, CONDITION_AVAILABLE).is_some_and(|c| c.status == TRUE)
+        },
+    )
+    .await?;
+    ensure!(value(&workloads, 3, "desiredNumberScheduled") == Some(json!(1)));
     // The Job's pod never finishes under the simulator: running, so the Work is progressing.
     ensure!(
         manifest_condition(&ready, 1, CONDITION_AVAILABLE).is_some_and(|c| c.reason == "Running")
