@@ -1,5 +1,7 @@
 //! `atoll-bench`: benchmarks that print figures for BENCHMARKS.md.
 //!
+//! `work-latency`: push-mode Work delivery to real member kube-apiservers (see `work`).
+//!
 //! `inventory-health`: the hub-side cost of health checking and property watching for many
 //! push-mode clusters, or of lease handling for many pull-mode clusters (`--mode pull`). A
 //! real kube-apiserver (from the test bed) is the hub. In push mode one stub HTTPS server
@@ -9,6 +11,7 @@
 
 mod mcs;
 mod stub;
+mod work;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -89,6 +92,22 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         nsd_servers: usize,
     },
+    /// Push-mode Work delivery: hub-to-member latency (p50/p99), throughput and hub memory
+    /// of `atoll controller` with N real member kube-apiservers.
+    WorkLatency {
+        /// Fleet sizes (members), measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "1,10")]
+        members: Vec<usize>,
+        /// Works created one at a time per size, for the latency percentiles.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Works created at once per size, for the throughput.
+        #[arg(long, default_value_t = 1000)]
+        works: usize,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -130,6 +149,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Bench::WorkLatency {
+            members,
+            samples,
+            works,
+            atoll,
+        } => work::work_latency(members, samples, works, atoll).await,
     }
 }
 
@@ -442,7 +467,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()

@@ -27,7 +27,10 @@ enum Command {
     Join(cmd::join::JoinArgs),
     /// Remove a member cluster: everything Atoll created in it and on the hub.
     Unjoin(cmd::join::UnjoinArgs),
-    /// Show joined clusters (`atoll get clusters [-o json|yaml] [-w]`).
+    /// Wrap the objects in YAML files into a Work for a joined cluster (create or update).
+    ApplyWork(cmd::work::ApplyArgs),
+    /// Show joined clusters (`atoll get clusters [-o json|yaml] [-w]`) or Works with their
+    /// per-manifest status (`atoll get works [CLUSTER] [-o json|yaml]`).
     Get(cmd::get::Args),
     /// Run the hub-side controllers against a Kubernetes hub, with leader election.
     Controller(cmd::controller::Args),
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Crds(args) => cmd::crds::run(args),
         Command::Join(args) => runtime()?.block_on(cmd::join::join(args)),
         Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
+        Command::ApplyWork(args) => runtime()?.block_on(cmd::work::apply(args)),
         Command::Get(args) => runtime()?.block_on(cmd::get::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
         Command::Dns(args) => runtime()?.block_on(cmd::dns::run(args)),

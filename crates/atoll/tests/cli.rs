@@ -319,3 +319,102 @@ async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn apply_work_and_get_works_from_the_command_line() -> Result {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+    let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+    let hub_kubeconfig = hub.kubeconfig_path();
+    install_crds_as_the_readme_says(hub)?;
+    let member_kubeconfig = member.kubeconfig_path().to_string_lossy().into_owned();
+    ok(atoll(
+        hub_kubeconfig,
+        &[
+            "join",
+            "member-1",
+            "--cluster-kubeconfig",
+            &member_kubeconfig,
+        ],
+    )?)?;
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["controller"])
+        .env("KUBECONFIG", hub_kubeconfig)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+
+    let file = testbed.dir().join("app.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: app\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: app\ndata:\n  color: blue\n",
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    let applied = ok(atoll(
+        hub_kubeconfig,
+        &["apply-work", "member-1", "-f", &file, "--name", "app"],
+    )?)?;
+    assert!(
+        applied.contains("applied to cluster member-1 (2 manifests)"),
+        "{applied}"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let table = loop {
+        let table = ok(atoll(hub_kubeconfig, &["get", "works", "member-1"])?)?;
+        let settled = table
+            .lines()
+            .filter(|l| l.starts_with("member-1") && l.contains(" True "))
+            .count()
+            == 2;
+        if settled || std::time::Instant::now() > deadline {
+            break table;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("CLUSTER")),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("ConfigMap app/settings"))
+        .ok_or_else(|| format!("no ConfigMap row: {table}"))?;
+    assert!(row.contains("True"), "{table}");
+    let in_member = member
+        .kubectl()
+        .args([
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "app",
+            "-o",
+            "jsonpath={.data.color}",
+        ])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&in_member.stdout), "blue");
+
+    let json: serde_json::Value = serde_json::from_str(&ok(atoll(
+        hub_kubeconfig,
+        &["get", "works", "-o", "json"],
+    )?)?)?;
+    assert_eq!(json["items"][0]["metadata"]["name"], "app");
+    assert_eq!(
+        json["items"][0]["status"]["manifestConditions"][1]["identifier"]["resource"],
+        "configmaps"
+    );
+
+    // A cluster that is not joined is a clear error.
+    let refused = atoll(hub_kubeconfig, &["apply-work", "nowhere", "-f", &file])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no cluster named \"nowhere\""));
+
+    let signalled = Command::new("kill")
+        .args(["-TERM", &controller.id().to_string()])
+        .status()?;
+    assert!(signalled.success());
+    assert!(controller.wait()?.success());
+    Ok(())
+}

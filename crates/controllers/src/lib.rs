@@ -8,6 +8,7 @@
 //!   connection per member.
 //! - [`mcs`]: Multi-Cluster Services in push mode (the aggregator and one member syncer per
 //!   push-mode cluster, from `atoll-mcs`).
+//! - [`work`]: push-mode Work distribution: one `atoll_work` applier per joined cluster.
 //!
 //! Invariants:
 //! - Every write is safe to repeat: create-or-keep, never blind create.
@@ -21,3 +22,4 @@ pub mod inventory;
 pub mod kubeutil;
 pub mod leader;
 pub mod mcs;
+pub mod work;

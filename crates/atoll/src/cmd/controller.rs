@@ -82,28 +82,52 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
-    let controllers = async {
-        tokio::join!(
-            inventory::status::run(
-                hub.clone(),
-                args.manager_namespace.clone(),
-                health,
-                std::future::pending(),
-            ),
-            inventory::pull::run_registrar(
-                hub.clone(),
-                args.manager_namespace.clone(),
-                args.auto_accept,
-                std::future::pending(),
-            ),
-            atoll_controllers::mcs::run(hub, args.manager_namespace, std::future::pending()),
+    // The other controllers are level-triggered and stop at once; appliers get to finish the
+    // Works in flight (below).
+    let others = {
+        let status = inventory::status::run(
+            hub.clone(),
+            args.manager_namespace.clone(),
+            health,
+            std::future::pending(),
         );
+        let registrar = inventory::pull::run_registrar(
+            hub.clone(),
+            args.manager_namespace.clone(),
+            args.auto_accept,
+            std::future::pending(),
+        );
+        let mcs = atoll_controllers::mcs::run(
+            hub.clone(),
+            args.manager_namespace.clone(),
+            std::future::pending(),
+        );
+        async move {
+            tokio::join!(status, registrar, mcs);
+        }
     };
-    let outcome = tokio::select! {
-        () = &mut shutdown => Ok(()),
-        _ = controllers => Ok(()),
-        () = elector.hold() => Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")),
+    let (stop_work, work_stopped) = tokio::sync::oneshot::channel::<()>();
+    let work = atoll_controllers::work::run(
+        hub,
+        args.manager_namespace,
+        atoll_work::ApplierConfig::default(),
+        async move {
+            let _ = work_stopped.await;
+        },
+    );
+    tokio::pin!(others);
+    tokio::pin!(work);
+    let (outcome, work_running) = tokio::select! {
+        () = &mut shutdown => (Ok(()), true),
+        _ = &mut others => (Ok(()), true),
+        () = &mut work => (Ok(()), false),
+        () = elector.hold() => (Err(anyhow::anyhow!("lost leadership; exiting so that a restart campaigns again")), true),
     };
+    if work_running {
+        // Appliers finish their in-flight Works before the lease goes to the next leader.
+        let _ = stop_work.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut work).await;
+    }
     elector.release().await?;
     info!("stopped");
     outcome

@@ -28,6 +28,9 @@ enum What {
     /// Joined clusters: health, version, ID and ClusterSet.
     #[command(alias = "cluster")]
     Clusters(ClustersArgs),
+    /// Works and the status of each of their manifests, of one cluster or all.
+    #[command(alias = "work")]
+    Works(super::work::GetArgs),
 }
 
 #[derive(clap::Args)]
@@ -46,7 +49,7 @@ struct ClustersArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Table,
     Json,
     Yaml,
@@ -65,7 +68,10 @@ const HEADER: [&str; 9] = [
 ];
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let What::Clusters(args) = args.what;
+    let args = match args.what {
+        What::Clusters(args) => args,
+        What::Works(args) => return super::work::get(args).await,
+    };
     let hub = args.hub.client().await?;
     let api: Api<ClusterProfile> = Api::namespaced(hub, &args.manager_namespace);
     let selector = format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}");
@@ -77,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.output {
         Output::Table => {
             let rows: Vec<_> = list.items.iter().map(row).collect();
-            write!(stdout, "{}", table(&rows))?;
+            write!(stdout, "{}", table(&HEADER, &rows))?;
         }
         Output::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&list)?)?,
         Output::Yaml => write!(stdout, "{}", serde_saphyr::to_string(&list)?)?,
@@ -105,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
         match args.output {
             Output::Table => {
-                let line = table(&[row(&profile)]);
+                let line = table(&HEADER, &[row(&profile)]);
                 // Rows after the first table have no header, as with kubectl -w.
                 write!(stdout, "{}", line.lines().nth(1).unwrap_or_default())?;
                 writeln!(stdout)?;
@@ -167,7 +173,7 @@ fn row(profile: &ClusterProfile) -> [String; 9] {
 }
 
 /// kubectl's age format: 45s, 12m, 5h, 3d.
-fn age(seconds: i64) -> String {
+pub(crate) fn age(seconds: i64) -> String {
     let s = seconds.max(0);
     match s {
         0..=119 => format!("{s}s"),
@@ -178,8 +184,8 @@ fn age(seconds: i64) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, as kubectl prints them.
-fn table(rows: &[[String; 9]]) -> String {
-    let mut widths = HEADER.map(str::len);
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -194,7 +200,7 @@ fn table(rows: &[[String; 9]]) -> String {
         out.push_str(text.join("   ").trim_end());
         out.push('\n');
     };
-    line(&mut HEADER.iter().copied());
+    line(&mut header.iter().copied());
     for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
@@ -218,7 +224,7 @@ mod tests {
             "Unreachable".into(),
             "5m".into(),
         ]];
-        let text = table(&rows);
+        let text = table(&HEADER, &rows);
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("NAME       JOINED   HEALTHY   VERSION"));

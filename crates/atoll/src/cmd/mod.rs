@@ -6,3 +6,4 @@ pub mod dns;
 pub mod get;
 pub mod join;
 pub mod pull;
+pub mod work;

@@ -222,8 +222,17 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the agent runs for its cluster while connected: MCS export and import.
+/// What the agent runs for its cluster while connected: the Work applier, and MCS export and
+/// import; the same code as push mode runs on the hub.
 pub fn agent_tasks() -> Vec<ClusterTask> {
+    let work: ClusterTask = std::sync::Arc::new(|connected: atoll_agent::Connected| {
+        Box::pin(atoll_work::run(
+            Api::namespaced(connected.hub, &connected.namespace),
+            connected.member,
+            atoll_work::ApplierConfig::default(),
+            std::future::pending(),
+        ))
+    });
     let mcs: ClusterTask = std::sync::Arc::new(|connected: atoll_agent::Connected| {
         Box::pin(atoll_mcs::member::run(
             atoll_mcs::member::MemberConfig {
@@ -237,7 +246,7 @@ pub fn agent_tasks() -> Vec<ClusterTask> {
             std::future::pending(),
         ))
     });
-    vec![mcs]
+    vec![work, mcs]
 }
 
 pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ use atoll_api::cluster_profile::{
     LABEL_CLUSTER_MANAGER, LABEL_CLUSTER_SET, LABEL_MODE, MODE_PUSH, Property,
 };
 use atoll_api::conditions;
+use atoll_api::work::{AppliedWork, Work};
 use base64::Engine;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
@@ -605,6 +606,7 @@ async fn install_member_identity(
     if ensured == Ensured::Created {
         undo.push(Undo::MemberClusterRoleBinding);
     }
+    install_work_identity(member, owned).await?;
 
     // A token Secret works on every Kubernetes version: before 1.24 the token controller also
     // creates one on its own, after 1.24 only on request like this.
@@ -651,6 +653,7 @@ fn member_rules() -> Vec<PolicyRule> {
         ..Default::default()
     };
     let crd_name = ClusterProperty::crd().metadata.name.unwrap_or_default();
+    let applied_work_crd = AppliedWork::crd().metadata.name.unwrap_or_default();
     let mut rules = vec![
         rule(
             atoll_api::about::GROUP,
@@ -669,7 +672,7 @@ fn member_rules() -> Vec<PolicyRule> {
         rule(
             "apiextensions.k8s.io",
             "customresourcedefinitions",
-            &[&crd_name],
+            &[&crd_name, &applied_work_crd],
             &["get", "delete"],
         ),
         rule(
@@ -683,6 +686,13 @@ fn member_rules() -> Vec<PolicyRule> {
             "clusterrolebindings",
             &[MEMBER_CLUSTER_ROLE],
             &["get"],
+        ),
+        // The Work applier acts as its own identity (see `install_work_identity`).
+        rule(
+            "",
+            "serviceaccounts",
+            &[MEMBER_WORK_SERVICE_ACCOUNT],
+            &["impersonate"],
         ),
         PolicyRule {
             non_resource_urls: Some(
@@ -702,6 +712,70 @@ fn member_rules() -> Vec<PolicyRule> {
 /// `atoll_mcs::rbac::member_rules`), kept as one block apart from the inventory's own rules.
 fn mcs_member_rules() -> Vec<PolicyRule> {
     atoll_mcs::rbac::member_rules()
+}
+
+/// The Work applier's identity in a push-mode member, `atoll-system/atoll-work`: a Work may
+/// carry manifests of any kind, so it may do anything. The hub's identity holds none of that
+/// power itself; it may only impersonate this one (what `work_member_from_secret` does).
+/// All of it is owned by Atoll's ClusterRole, so unjoin removes it with the role.
+async fn install_work_identity(
+    member: &Client,
+    owned: impl Fn(&mut ObjectMeta),
+) -> Result<(), JoinError> {
+    let mut role = named::<ClusterRole>(MEMBER_WORK_CLUSTER_ROLE, None);
+    kubeutil::mark_managed(&mut role, &BTreeMap::new());
+    owned(&mut role.metadata);
+    role.rules = Some(vec![PolicyRule {
+        api_groups: Some(vec!["*".into()]),
+        resources: Some(vec!["*".into()]),
+        verbs: vec!["*".into()],
+        ..Default::default()
+    }]);
+    ensure(&Api::<ClusterRole>::all(member.clone()), &role)
+        .await
+        .map_err(on_member("creating the Work applier's ClusterRole"))?;
+    let mut sa = named::<ServiceAccount>(MEMBER_WORK_SERVICE_ACCOUNT, Some(MEMBER_NAMESPACE));
+    kubeutil::mark_managed(&mut sa, &BTreeMap::new());
+    ensure(&Api::namespaced(member.clone(), MEMBER_NAMESPACE), &sa)
+        .await
+        .map_err(on_member("creating the Work applier's service account"))?;
+    let mut binding = named::<ClusterRoleBinding>(MEMBER_WORK_CLUSTER_ROLE, None);
+    kubeutil::mark_managed(&mut binding, &BTreeMap::new());
+    owned(&mut binding.metadata);
+    binding.role_ref = RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: MEMBER_WORK_CLUSTER_ROLE.into(),
+    };
+    binding.subjects = Some(vec![Subject {
+        kind: "ServiceAccount".into(),
+        name: MEMBER_WORK_SERVICE_ACCOUNT.into(),
+        namespace: Some(MEMBER_NAMESPACE.into()),
+        ..Default::default()
+    }]);
+    ensure(&Api::<ClusterRoleBinding>::all(member.clone()), &binding)
+        .await
+        .map_err(on_member("creating the Work applier's ClusterRoleBinding"))?;
+    Ok(())
+}
+
+/// A client for the member as the Work applier's identity: the stored credentials,
+/// impersonating `atoll-system/atoll-work`.
+pub async fn work_member_from_secret(
+    hub: &Client,
+    cluster_namespace: &str,
+) -> Result<Option<Client>, JoinError> {
+    let Some(mut kubeconfig) = stored_kubeconfig(hub, cluster_namespace).await? else {
+        return Ok(None);
+    };
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            auth.impersonate = Some(format!(
+                "system:serviceaccount:{MEMBER_NAMESPACE}:{MEMBER_WORK_SERVICE_ACCOUNT}"
+            ));
+        }
+    }
+    Ok(Some(member_client(&kubeconfig, None).await?.0))
 }
 
 fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, JoinError> {
@@ -882,6 +956,11 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
             .await
             .map_err(on_hub("deleting the cluster namespace"))?;
     }
+    // The cluster's Works must not hold the namespace's deletion waiting for a member that
+    // is no longer Atoll's to clean.
+    atoll_work::release_finalizers(&Api::<Work>::namespaced(hub.clone(), &namespace))
+        .await
+        .map_err(on_hub("releasing the cluster's Works"))?;
     // A pull-mode agent's renewal role lives outside the namespace.
     super::pull::remove_agent_rbac(hub, &options.name)
         .await
@@ -902,6 +981,16 @@ pub async fn member_from_secret(
     hub: &Client,
     cluster_namespace: &str,
 ) -> Result<Option<Client>, JoinError> {
+    match stored_kubeconfig(hub, cluster_namespace).await? {
+        Some(kubeconfig) => Ok(Some(member_client(&kubeconfig, None).await?.0)),
+        None => Ok(None),
+    }
+}
+
+async fn stored_kubeconfig(
+    hub: &Client,
+    cluster_namespace: &str,
+) -> Result<Option<Kubeconfig>, JoinError> {
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), cluster_namespace);
     let Some(secret) = kubeutil::get_opt(&secrets, MEMBER_KUBECONFIG_SECRET)
         .await
@@ -918,7 +1007,7 @@ pub async fn member_from_secret(
         .map_err(|_| JoinError::MemberKubeconfig("the stored kubeconfig is not UTF-8".into()))?;
     let kubeconfig = Kubeconfig::from_yaml(&text)
         .map_err(|e| JoinError::MemberKubeconfig(format!("the stored kubeconfig: {e}")))?;
-    Ok(Some(member_client(&kubeconfig, None).await?.0))
+    Ok(Some(kubeconfig))
 }
 
 async fn clean_member(member: &Client) -> Result<(), JoinError> {
@@ -957,6 +1046,8 @@ async fn clean_member(member: &Client) -> Result<(), JoinError> {
                 .map_err(on_member("deleting the ClusterProperty CRD"))?;
         }
     }
+    // Work records go with their CRD when Atoll installed it; what the Works applied stays.
+    delete_managed(&crds, &AppliedWork::crd().metadata.name.unwrap_or_default()).await?;
     // Last, the ClusterRole: it owns Atoll's namespace (with the identity in it) and binding,
     // which the member's garbage collector then removes. This request is the identity's last.
     delete_managed(

@@ -4,7 +4,9 @@
 //! in the member only what Atoll needs there, with least privilege: the About API
 //! (ClusterProperty CRD and the two well-known properties) and one identity,
 //! `atoll-system/atoll-hub`, allowed to manage ClusterProperties and read health endpoints.
-//! On the hub it creates the cluster's namespace (its Works and credentials), the member's
+//! For the Work applier it adds a second identity, `atoll-system/atoll-work`, which may do
+//! anything (Works carry arbitrary manifests) and which the hub's identity may only
+//! impersonate. On the hub it creates the cluster's namespace (its Works and credentials), the member's
 //! kubeconfig as a Secret there, and a ClusterProfile in the manager namespace.
 //!
 //! Every step is safe to repeat, so an interrupted join is finished by joining again, and a
@@ -17,6 +19,6 @@ pub mod status;
 
 pub use join::{
     JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, install_about_api, join, leave_member,
-    member_from_secret, profile_cluster_id, resolve_cluster_id, unjoin,
+    member_from_secret, profile_cluster_id, resolve_cluster_id, unjoin, work_member_from_secret,
 };
 pub use names::*;

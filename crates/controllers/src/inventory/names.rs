@@ -18,6 +18,10 @@ pub const MEMBER_SERVICE_ACCOUNT: &str = "atoll-hub";
 pub const MEMBER_TOKEN_SECRET: &str = "atoll-hub-token";
 /// ClusterRole and ClusterRoleBinding of that identity.
 pub const MEMBER_CLUSTER_ROLE: &str = "atoll:hub";
+/// The identity the push-mode Work applier uses in a member (impersonated by the hub's).
+pub const MEMBER_WORK_SERVICE_ACCOUNT: &str = "atoll-work";
+/// ClusterRole and ClusterRoleBinding of the Work applier's identity.
+pub const MEMBER_WORK_CLUSTER_ROLE: &str = "atoll:work";
 /// The name of the access provider Atoll records in `ClusterProfile.status.accessProviders`.
 pub const ACCESS_PROVIDER: &str = "atoll";
 

@@ -733,7 +733,7 @@ pub fn agent_namespace_rules() -> Vec<PolicyRule> {
             atoll_api::work::GROUP,
             "works/status",
             &[],
-            &["get", "update", "patch"],
+            &["get", "list", "watch", "update", "patch"],
         ),
         rule("coordination.k8s.io", "leases", &[], &["create"]),
         rule(

@@ -1,0 +1,158 @@
+//! Push-mode Work distribution: one Work applier per joined cluster, run on the hub with the
+//! member credentials stored at join.
+//!
+//! The set of appliers follows the ClusterProfiles managed by Atoll (level-triggered, like the
+//! status controller): a profile appears, its cluster's applier starts on the cluster's hub
+//! namespace `atoll-cluster-<name>`; the profile goes (the cluster was unjoined), the applier
+//! stops and the Works left in that namespace are released from their cleanup finalizer, so
+//! the namespace's deletion never waits on a member that is gone. The applier itself
+//! (`atoll_work::run`) is the same code the pull-mode agent runs inside a member.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use atoll_api::cluster_profile::{ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER};
+use atoll_api::work::Work;
+use atoll_work::ApplierConfig;
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::inventory::{cluster_namespace, work_member_from_secret};
+
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Runs one applier per Atoll-managed cluster until `shutdown` resolves.
+pub async fn run(
+    hub: Client,
+    manager_namespace: String,
+    config: ApplierConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let watch_config = watcher::Config::default()
+        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
+    let mut events = watcher::watcher(profiles, watch_config)
+        .default_backoff()
+        .boxed();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut listing: Vec<String> = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            () = &mut shutdown => break,
+            event = events.next() => event,
+        };
+        let Some(event) = event else { break };
+        match event {
+            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+                let name = profile.name_any();
+                listing.push(name.clone());
+                if profile.metadata.deletion_timestamp.is_some() {
+                    if let Some(worker) = workers.remove(&name) {
+                        retire(hub.clone(), name, worker);
+                    }
+                    continue;
+                }
+                workers.entry(name.clone()).or_insert_with(|| {
+                    info!(cluster = %name, "starting the cluster's Work applier");
+                    let (stop, stopped) = oneshot::channel();
+                    let task =
+                        tokio::spawn(cluster_applier(hub.clone(), name, config.clone(), stopped));
+                    Worker { stop, task }
+                });
+            }
+            Ok(Event::Delete(profile)) => {
+                let name = profile.name_any();
+                if let Some(worker) = workers.remove(&name) {
+                    retire(hub.clone(), name, worker);
+                }
+            }
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitDone) => {
+                let gone: Vec<String> = workers
+                    .keys()
+                    .filter(|name| !listing.contains(name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    if let Some(worker) = workers.remove(&name) {
+                        retire(hub.clone(), name, worker);
+                    }
+                }
+            }
+            Err(error) => warn!(%error, "watching ClusterProfiles"),
+        }
+    }
+    // Shutdown: stop every applier cleanly (in-flight reconciles finish), keep finalizers.
+    let mut stopping = Vec::new();
+    for (_, worker) in workers {
+        let _ = worker.stop.send(());
+        stopping.push(worker.task);
+    }
+    for task in stopping {
+        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+}
+
+/// Stops a cluster's applier and releases its Works: the cluster was unjoined.
+fn retire(hub: Client, name: String, worker: Worker) {
+    info!(cluster = %name, "cluster gone; stopping its Work applier and releasing its Works");
+    tokio::spawn(async move {
+        let _ = worker.stop.send(());
+        if tokio::time::timeout(Duration::from_secs(20), worker.task)
+            .await
+            .is_err()
+        {
+            debug!(cluster = %name, "the applier did not stop in time");
+        }
+        let works: Api<Work> = Api::namespaced(hub, &cluster_namespace(&name));
+        match atoll_work::release_finalizers(&works).await {
+            Ok(released) => debug!(cluster = %name, released, "released Works"),
+            Err(error) => {
+                warn!(cluster = %name, %error, "releasing the Works of an unjoined cluster")
+            }
+        }
+    });
+}
+
+/// Waits for the member's credentials, then applies the cluster's Works until stopped.
+async fn cluster_applier(
+    hub: Client,
+    name: String,
+    config: ApplierConfig,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let namespace = cluster_namespace(&name);
+    let mut delay = Duration::from_millis(500);
+    let member = loop {
+        match work_member_from_secret(&hub, &namespace).await {
+            Ok(Some(member)) => break member,
+            Ok(None) => debug!(cluster = %name, "no member credentials yet"),
+            Err(error) => warn!(cluster = %name, %error, "member credentials unusable"),
+        }
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    };
+    atoll_work::run(
+        Api::namespaced(hub, &namespace),
+        member,
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    )
+    .await;
+}
