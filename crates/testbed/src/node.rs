@@ -78,7 +78,17 @@ impl NodeSimulator {
             ips: Mutex::new(PodIps::default()),
         });
         sim.register().await?;
-        sim.heartbeat().await?;
+        // A cluster that has just started (or restarted) may not serve the node-lease
+        // namespace yet; the first heartbeat gets a few chances, later ones are retried anyway.
+        let mut attempt = 0;
+        while let Err(error) = sim.heartbeat().await {
+            attempt += 1;
+            if attempt >= 20 {
+                return Err(error);
+            }
+            tracing::debug!(node = %node_name, %error, "first heartbeat failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
 
         let heartbeat = {
             let sim = sim.clone();
