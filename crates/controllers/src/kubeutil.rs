@@ -56,6 +56,28 @@ where
     }
 }
 
+/// [`ensure`] for a namespace, waiting out (up to `wait`) one that is still terminating, as an
+/// earlier unjoin or a rolled-back join leaves it: nothing can be created in it until it is
+/// gone.
+pub async fn ensure_namespace(
+    api: &Api<k8s_openapi::api::core::v1::Namespace>,
+    namespace: &k8s_openapi::api::core::v1::Namespace,
+    wait: std::time::Duration,
+) -> Result<(k8s_openapi::api::core::v1::Namespace, Ensured), kube::Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match api.get_opt(&namespace.name_any()).await? {
+            Some(existing)
+                if existing.metadata.deletion_timestamp.is_some()
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            _ => return ensure(api, namespace).await,
+        }
+    }
+}
+
 /// Deletes by name; an object that is already gone is not an error.
 pub async fn delete_if_exists<K>(api: &Api<K>, name: &str) -> Result<bool, kube::Error>
 where

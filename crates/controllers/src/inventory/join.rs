@@ -169,6 +169,9 @@ pub struct Joined {
     pub created: bool,
 }
 
+/// How long a join waits for a namespace left terminating by an earlier unjoin or failed join.
+const NAMESPACE_WAIT: Duration = Duration::from_secs(60);
+
 /// Something a join created, to be removed if the join fails.
 #[derive(Debug)]
 enum Undo {
@@ -283,9 +286,10 @@ async fn join_steps(
     let namespace = cluster_namespace(&options.name);
     let mut ns = named::<Namespace>(&namespace, None);
     kubeutil::mark_managed(&mut ns, &cluster_labels);
-    let (_, ensured) = ensure(&Api::<Namespace>::all(hub.clone()), &ns)
-        .await
-        .map_err(on_hub(format!("creating namespace {namespace}")))?;
+    let (_, ensured) =
+        kubeutil::ensure_namespace(&Api::<Namespace>::all(hub.clone()), &ns, NAMESPACE_WAIT)
+            .await
+            .map_err(on_hub(format!("creating namespace {namespace}")))?;
     if ensured == Ensured::Created {
         undo.push(Undo::HubNamespace(namespace.clone()));
     }
@@ -573,9 +577,10 @@ async fn install_member_identity(
     let mut ns = named::<Namespace>(MEMBER_NAMESPACE, None);
     kubeutil::mark_managed(&mut ns, &BTreeMap::new());
     owned(&mut ns.metadata);
-    let (_, ensured) = ensure(&Api::<Namespace>::all(member.clone()), &ns)
-        .await
-        .map_err(on_member(format!("creating namespace {MEMBER_NAMESPACE}")))?;
+    let (_, ensured) =
+        kubeutil::ensure_namespace(&Api::<Namespace>::all(member.clone()), &ns, NAMESPACE_WAIT)
+            .await
+            .map_err(on_member(format!("creating namespace {MEMBER_NAMESPACE}")))?;
     if ensured == Ensured::Created {
         undo.push(Undo::MemberNamespace);
     }

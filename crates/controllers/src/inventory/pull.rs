@@ -527,9 +527,14 @@ pub async fn accept(
         ..Default::default()
     };
     kubeutil::mark_managed(&mut ns, &cluster_labels);
-    ensure(&Api::<Namespace>::all(hub.clone()), &ns)
-        .await
-        .map_err(on_hub(format!("creating namespace {namespace}")))?;
+    // A namespace left terminating by an earlier unjoin of this name is waited out.
+    kubeutil::ensure_namespace(
+        &Api::<Namespace>::all(hub.clone()),
+        &ns,
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(on_hub(format!("creating namespace {namespace}")))?;
     install_agent_rbac(hub, name, &namespace, &cluster_labels).await?;
     upsert_profile(hub, manager_namespace, &registration).await?;
 
