@@ -26,6 +26,7 @@
 //! (later). One test suite ([`testsuite`], feature `testsuite`) runs against every backend.
 
 pub mod memory;
+pub mod redb;
 mod watch;
 
 #[cfg(feature = "testsuite")]
