@@ -25,6 +25,8 @@
 //! Backends: [`memory`] (tests), [`redb`](crate::redb) (the default embedded store), `etcd`
 //! (later). One test suite ([`testsuite`], feature `testsuite`) runs against every backend.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 mod watch;
