@@ -381,44 +381,60 @@ fn range(
     }
     .map_err(backend)?;
 
-    // Versions come grouped by key, oldest first: keep the newest at or before `at`.
-    let mut candidate: Option<(String, Revision, Vec<u8>)> = None;
-    let flush = |candidate: Option<(String, Revision, Vec<u8>)>,
-                 response: &mut RangeResponse|
-     -> Result<(), StoreError> {
-        let Some((key, revision, bytes)) = candidate else {
-            return Ok(());
-        };
-        if bytes.first() == Some(&TOMBSTONE) {
-            return Ok(());
-        }
-        response.count += 1;
-        if request.count_only {
-            return Ok(());
-        }
-        if request.limit > 0 && response.kvs.len() == request.limit {
-            response.more = true;
-        } else if let Some(kv) = decode_version(&key, revision, &bytes)? {
+    // Versions come grouped by key, oldest first: keep the newest at or before `at`. Values
+    // are decoded only while the page still has room; past it, liveness is all that counts.
+    let mut held: Option<(String, Held)> = None;
+    let flush = |held: Option<(String, Held)>, response: &mut RangeResponse| match held {
+        None | Some((_, Held::Absent)) => {}
+        Some((_, Held::Live(kv))) => {
+            response.count += 1;
             response.kvs.push(kv);
         }
-        Ok(())
+        Some((_, Held::Counted)) => {
+            response.count += 1;
+            response.more |= !request.count_only;
+        }
     };
     for entry in versions {
         let (stored, bytes) = entry.map_err(backend)?;
         let (key, revision) = stored.value();
-        let same_key = candidate.as_ref().is_some_and(|(held, _, _)| held == key);
-        if !same_key {
-            flush(candidate.take(), &mut response)?;
-        }
-        if revision <= at {
-            candidate = Some((key.to_owned(), revision, bytes.value().to_vec()));
-        } else if !same_key {
-            // This key did not exist yet at `at`; keep the slot empty but remember the key.
-            candidate = Some((key.to_owned(), revision, vec![TOMBSTONE]));
-        }
+        let key = match held.take() {
+            Some((held_key, state)) if held_key == key => {
+                if revision > at {
+                    held = Some((held_key, state));
+                    continue;
+                }
+                held_key
+            }
+            other => {
+                flush(other, &mut response);
+                key.to_owned()
+            }
+        };
+        let bytes = bytes.value();
+        let state = if revision > at || bytes.first() == Some(&TOMBSTONE) {
+            // Not created yet at `at`, or deleted.
+            Held::Absent
+        } else if request.count_only || (request.limit > 0 && response.kvs.len() >= request.limit) {
+            Held::Counted
+        } else {
+            match decode_version(&key, revision, bytes)? {
+                Some(kv) => Held::Live(kv),
+                None => Held::Absent,
+            }
+        };
+        held = Some((key, state));
     }
-    flush(candidate, &mut response)?;
+    flush(held, &mut response);
     Ok(response)
+}
+
+/// What a range holds for the key it is looking at.
+enum Held {
+    Absent,
+    /// Live at the revision, beyond the page: counted only.
+    Counted,
+    Live(KeyValue),
 }
 
 struct RedbHistory(Weak<Database>);
