@@ -27,14 +27,16 @@ pub struct StoreBenchArgs {
     pub events: usize,
 }
 
-/// A fresh store of `backend`, and what keeps it alive.
-fn open(backend: &str) -> anyhow::Result<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
+/// A fresh store of `backend`, and what keeps it alive (and reports group commits).
+type Opened = (Arc<dyn Store>, Option<(tempfile::TempDir, RedbStore)>);
+
+fn open(backend: &str) -> anyhow::Result<Opened> {
     match backend {
         "memory" => Ok((Arc::new(MemoryStore::new()), None)),
         "redb" => {
             let dir = tempfile::tempdir()?;
             let store = RedbStore::open(dir.path().join("store.redb"), RedbOptions::default())?;
-            Ok((Arc::new(store), Some(dir)))
+            Ok((Arc::new(store.clone()), Some((dir, store))))
         }
         other => bail!("unknown backend {other:?} (memory, redb)"),
     }
@@ -66,11 +68,22 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     println!("|---|{}---:|", "---:|".repeat(args.writers.len()));
     for backend in &args.backends {
         let mut rates = Vec::new();
+        let mut cells = Vec::new();
         for &writers in &args.writers {
-            let (store, _dir) = open(backend)?;
-            rates.push(throughput(store, writers, args.seconds, &value).await?);
+            let (store, redb) = open(backend)?;
+            let rate = throughput(store, writers, args.seconds, &value).await?;
+            rates.push(rate);
+            cells.push(match redb {
+                Some((_, redb)) => {
+                    let stats = redb.stats();
+                    format!(
+                        "{rate:.0} txn/s ({:.1} txns per fsync)",
+                        stats.txns as f64 / stats.groups.max(1) as f64
+                    )
+                }
+                None => format!("{rate:.0} txn/s"),
+            });
         }
-        let cells: Vec<String> = rates.iter().map(|r| format!("{r:.0} txn/s")).collect();
         let ratio = match (rates.first(), rates.last()) {
             (Some(first), Some(last)) if *first > 0.0 => format!("{:.1}x", last / first),
             _ => "-".into(),

@@ -23,6 +23,7 @@
 //! stays watchable; `retain_revisions` additionally caps history by count.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -99,9 +100,25 @@ pub struct RedbStore {
     inner: Arc<Inner>,
 }
 
+/// Counters of the writer, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedbStats {
+    /// Store transactions committed (or failed together with their group).
+    pub txns: u64,
+    /// redb commits (fsyncs) that carried them.
+    pub groups: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    txns: AtomicU64,
+    groups: AtomicU64,
+}
+
 struct Inner {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    counters: Arc<Counters>,
     requests: Option<std_mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -146,9 +163,11 @@ impl RedbStore {
         let db = Arc::new(db);
         let hub = Arc::new(Hub::new(revision, compacted, options.watch.clone()));
         let (requests, queue) = std_mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
             db: db.clone(),
             hub: hub.clone(),
+            counters: counters.clone(),
             queue,
             options,
             previous_tick_revision: None,
@@ -161,10 +180,19 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 db,
                 hub,
+                counters,
                 requests: Some(requests),
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// How many txns the writer committed, in how many groups (fsyncs).
+    pub fn stats(&self) -> RedbStats {
+        RedbStats {
+            txns: self.inner.counters.txns.load(Ordering::Relaxed),
+            groups: self.inner.counters.groups.load(Ordering::Relaxed),
+        }
     }
 
     async fn request<T>(
@@ -496,6 +524,7 @@ impl History for RedbHistory {
 struct Writer {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    counters: Arc<Counters>,
     queue: std_mpsc::Receiver<Request>,
     options: RedbOptions,
     /// The revision at the previous compaction tick: the next tick compacts to it.
@@ -549,6 +578,10 @@ impl Writer {
             return;
         }
         let (txns, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
+        self.counters
+            .txns
+            .fetch_add(txns.len() as u64, Ordering::Relaxed);
+        self.counters.groups.fetch_add(1, Ordering::Relaxed);
         match self.commit_group(txns) {
             Ok((responses, batches)) => {
                 // Publish before answering: a caller that saw its write acknowledged and then
