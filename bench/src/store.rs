@@ -28,17 +28,29 @@ pub struct StoreBenchArgs {
 }
 
 /// A fresh store of `backend`, and what keeps it alive (and reports group commits).
-type Opened = (Arc<dyn Store>, Option<(tempfile::TempDir, RedbStore)>);
+type Opened = (
+    Arc<dyn Store>,
+    Option<(tempfile::TempDir, RedbStore)>,
+    Option<Keepalive>,
+);
 
-fn open(backend: &str) -> anyhow::Result<Opened> {
+/// Whatever else must outlive a store (an etcd process).
+type Keepalive = Box<dyn std::any::Any + Send>;
+
+async fn open(backend: &str) -> anyhow::Result<Opened> {
     match backend {
-        "memory" => Ok((Arc::new(MemoryStore::new()), None)),
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            let (store, etcd) = etcd::start().await?;
+            Ok((Arc::new(store), None, Some(Box::new(etcd))))
+        }
+        "memory" => Ok((Arc::new(MemoryStore::new()), None, None)),
         "redb" => {
             let dir = tempfile::tempdir()?;
             let store = RedbStore::open(dir.path().join("store.redb"), RedbOptions::default())?;
-            Ok((Arc::new(store.clone()), Some((dir, store))))
+            Ok((Arc::new(store.clone()), Some((dir, store)), None))
         }
-        other => bail!("unknown backend {other:?} (memory, redb)"),
+        other => bail!("unknown backend {other:?} (memory, redb, and etcd with --features etcd)"),
     }
 }
 
@@ -70,7 +82,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         let mut rates = Vec::new();
         let mut cells = Vec::new();
         for &writers in &args.writers {
-            let (store, redb) = open(backend)?;
+            let (store, redb, _etcd) = open(backend).await?;
             let rate = throughput(store, writers, args.seconds, &value).await?;
             rates.push(rate);
             cells.push(match redb {
@@ -98,7 +110,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     println!("| backend | full list p50 | full list p99 | 500-key page p50 | get p50 | get p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
     for backend in &args.backends {
-        let (store, _dir) = open(backend)?;
+        let (store, _dir, _etcd) = open(backend).await?;
         fill(&*store, args.keys, &value).await?;
         let full = latencies(20, || async {
             let response = store
@@ -161,7 +173,7 @@ pub async fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for backend in &args.backends {
-        let (store, _dir) = open(backend)?;
+        let (store, _dir, _etcd) = open(backend).await?;
         let (mut delays, mut txns) = fan_out(store, args.watchers, args.events).await?;
         delays.sort();
         txns.sort();
@@ -304,4 +316,71 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 
 fn ms(duration: Duration) -> String {
     format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// A throwaway etcd for the `etcd` backend: Debian's `/usr/bin/etcd` (or `ATOLL_ETCD`) on free
+/// loopback ports in a temporary directory, with its default fsync-per-commit durability.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use atoll_store::Store;
+    use atoll_store::etcd::EtcdStore;
+
+    pub struct Etcd {
+        child: Child,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn free_port() -> anyhow::Result<u16> {
+        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    }
+
+    pub async fn start() -> anyhow::Result<(EtcdStore, Etcd)> {
+        let binary = std::env::var("ATOLL_ETCD").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        let dir = tempfile::tempdir()?;
+        let client_url = format!("http://127.0.0.1:{}", free_port()?);
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+        let child = Command::new(&binary)
+            .args([
+                "--name=default",
+                &format!("--data-dir={}", dir.path().join("data").display()),
+                &format!("--listen-client-urls={client_url}"),
+                &format!("--advertise-client-urls={client_url}"),
+                &format!("--listen-peer-urls={peer_url}"),
+                &format!("--initial-advertise-peer-urls={peer_url}"),
+                &format!("--initial-cluster=default={peer_url}"),
+                "--log-level=error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let etcd = Etcd { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let attempt = async {
+                let store = EtcdStore::connect(std::slice::from_ref(&client_url), "/bench").await?;
+                store.current_revision().await?;
+                anyhow::Ok(store)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(store)) => return Ok((store, etcd)),
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => bail!("etcd at {client_url} did not come up"),
+            }
+        }
+    }
 }
