@@ -23,6 +23,9 @@ use crate::{
     TxnResponse, WatchEvent, WatchStream, validate_txn,
 };
 
+/// etcd's own limit on what it sends (its gRPC default, `math.MaxInt32`).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
 /// The etcd [`Store`]. Clones share one connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -43,6 +46,14 @@ impl EtcdStore {
             client,
             prefix: prefix.to_owned(),
         })
+    }
+
+    /// A KV client that accepts responses as large as etcd sends (a list of 10k 1 KiB objects
+    /// is 10 MiB; tonic's default limit is 4 MiB).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     fn full(&self, key: &str) -> String {
@@ -67,8 +78,7 @@ impl EtcdStore {
 
     async fn recorded_compaction(&self) -> Result<Revision, StoreError> {
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(self.compacted_key(), None)
             .await
             .map_err(backend)?;
@@ -131,8 +141,7 @@ impl Store for EtcdStore {
             options = options.with_count_only();
         }
         let response = match self
-            .client
-            .kv_client()
+            .kv()
             .get(self.full(&request.start), Some(options))
             .await
         {
@@ -189,12 +198,7 @@ impl Store for EtcdStore {
             .when(compares)
             .and_then(ops(&txn.success))
             .or_else(ops(&txn.failure));
-        let response = self
-            .client
-            .kv_client()
-            .txn(request)
-            .await
-            .map_err(backend)?;
+        let response = self.kv().txn(request).await.map_err(backend)?;
         let succeeded = response.succeeded();
         let revision = revision_of(response.header());
         let ran = if succeeded {
@@ -269,6 +273,7 @@ impl Store for EtcdStore {
         let stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .watch(self.full(prefix), Some(options))
             .await
             .map_err(backend)?;
@@ -331,14 +336,12 @@ impl Store for EtcdStore {
         }
         // Record first: a watch must never start in history that is being removed.
         let key = self.compacted_key();
-        self.client
-            .kv_client()
+        self.kv()
             .put(key, revision.to_string(), None)
             .await
             .map_err(backend)?;
         match self
-            .client
-            .kv_client()
+            .kv()
             .compact(revision, Some(CompactionOptions::new().with_physical()))
             .await
         {
@@ -351,8 +354,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         let response = self
-            .client
-            .kv_client()
+            .kv()
             .get(
                 self.compacted_key(),
                 Some(GetOptions::new().with_count_only()),
