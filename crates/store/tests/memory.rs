@@ -49,3 +49,53 @@ async fn history_is_bounded_by_revision_count() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A watcher that fell behind the ring while the history it needs was compacted away must be
+/// told so (WatcherLagged), after the events it did get, never skip silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_watcher_past_compaction_gets_watcher_lagged() -> anyhow::Result<()> {
+    use atoll_store::{Op, Store, StoreError, Txn, WatchEvent};
+    use futures::StreamExt;
+    let store = MemoryStore::with_options(MemoryOptions {
+        watch: WatchOptions {
+            ring_capacity: 4,
+            watcher_buffer: 4,
+            ..WatchOptions::default()
+        },
+        retain_revisions: None,
+    });
+    let start = store.current_revision().await? + 1;
+    let mut watch = store.watch("/lag/", start, false).await?;
+    for i in 0..100 {
+        store
+            .txn(Txn {
+                success: vec![Op::Put {
+                    key: format!("/lag/{i}"),
+                    value: "v".into(),
+                }],
+                ..Txn::default()
+            })
+            .await?;
+    }
+    store.compact(store.current_revision().await?).await?;
+    let mut expected = start;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), watch.next()).await? {
+            Some(Ok(WatchEvent::Put { kv, .. })) => {
+                anyhow::ensure!(kv.mod_revision == expected, "gap before {kv:?}");
+                expected += 1;
+            }
+            Some(Err(StoreError::WatcherLagged)) => break,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    anyhow::ensure!(
+        expected < start + 100,
+        "everything arrived despite the compaction"
+    );
+    anyhow::ensure!(
+        watch.next().await.is_none(),
+        "the stream ends after WatcherLagged"
+    );
+    Ok(())
+}
