@@ -8,8 +8,10 @@
 //! atoll_store::store_testsuite!(fresh());
 //! ```
 //!
+//! The calling test crate needs `anyhow` and `tokio` (with `macros` and `rt-multi-thread`).
 //! The suite asserts only on revisions relative to what it observed first, so a backend may
-//! share a revision counter with other users (etcd with a key prefix).
+//! share a revision counter with other users (etcd with a key prefix). Nothing in it times
+//! anything: waits for events have a generous timeout and are never the assertion.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
