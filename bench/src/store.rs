@@ -45,12 +45,18 @@ async fn open(backend: &str) -> anyhow::Result<Opened> {
             Ok((Arc::new(store), None, Some(Box::new(etcd))))
         }
         "memory" => Ok((Arc::new(MemoryStore::new()), None, None)),
-        "redb" => {
+        "redb" | "redb-no-wal" => {
             let dir = tempfile::tempdir()?;
-            let store = RedbStore::open(dir.path().join("store.redb"), RedbOptions::default())?;
+            let options = RedbOptions {
+                write_ahead_log: backend == "redb",
+                ..RedbOptions::default()
+            };
+            let store = RedbStore::open(dir.path().join("store.redb"), options)?;
             Ok((Arc::new(store.clone()), Some((dir, store)), None))
         }
-        other => bail!("unknown backend {other:?} (memory, redb, and etcd with --features etcd)"),
+        other => bail!(
+            "unknown backend {other:?} (memory, redb, redb-no-wal, and etcd with --features etcd)"
+        ),
     }
 }
 

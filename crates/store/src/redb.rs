@@ -18,6 +18,11 @@
 //! published to watchers. If the commit fails, every transaction of the group fails and none
 //! is visible.
 //!
+//! **Write-ahead log** (`write_ahead_log`, on by default; see `wal.rs`): each group is
+//! appended to `<file>.wal` and synced before its redb commit, which then skips its own sync;
+//! redb is made durable every `checkpoint_bytes` of log and on shutdown, and the log is
+//! replayed on open. An append syncs one sequential write instead of redb's scattered pages.
+//!
 //! **Compaction.** Every `compaction.interval` the writer compacts to the revision that was
 //! current one interval earlier (kube-apiserver's policy), so at least one interval of history
 //! stays watchable; `retain_revisions` additionally caps history by count.
@@ -29,8 +34,10 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod wal;
+
 use ::redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
 use async_trait::async_trait;
@@ -81,6 +88,11 @@ pub struct RedbOptions {
     pub compaction: CompactionPolicy,
     /// At most this many store transactions share one redb commit.
     pub max_group: usize,
+    /// Sync each group to a write-ahead log and commit redb without syncing (see above);
+    /// off, every redb commit syncs.
+    pub write_ahead_log: bool,
+    /// Make redb durable and empty the log once it holds this many bytes.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
@@ -89,6 +101,8 @@ impl Default for RedbOptions {
             watch: WatchOptions::default(),
             compaction: CompactionPolicy::default(),
             max_group: 512,
+            write_ahead_log: true,
+            checkpoint_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -147,18 +161,63 @@ impl RedbStore {
     /// Opens the store in the redb file at `path`, creating it when absent.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore, StoreError> {
         let db = Database::create(path.as_ref()).map_err(backend)?;
+        let mut wal_path = path.as_ref().as_os_str().to_owned();
+        wal_path.push(".wal");
+        let wal_path = std::path::PathBuf::from(wal_path);
+        // Whatever the log holds beyond redb's durable state was acknowledged: replay it.
+        let replayed = wal::replay(&wal_path)?;
         let write = db.begin_write().map_err(backend)?;
         let (revision, compacted) = {
             let mut meta = write.open_table(META).map_err(backend)?;
-            write.open_table(HISTORY).map_err(backend)?;
-            write.open_table(LOG).map_err(backend)?;
-            let revision = read_meta(&meta, META_REVISION)?.unwrap_or(1);
+            let mut history = write.open_table(HISTORY).map_err(backend)?;
+            let mut log = write.open_table(LOG).map_err(backend)?;
+            let mut revision = read_meta(&meta, META_REVISION)?.unwrap_or(1);
             let compacted = read_meta(&meta, META_COMPACTED)?.unwrap_or(0);
+            for record in replayed {
+                if record.revision <= revision {
+                    continue;
+                }
+                if record.revision != revision + 1 {
+                    return Err(StoreError::Backend(format!(
+                        "write-ahead log: revision {} follows {revision}",
+                        record.revision
+                    )));
+                }
+                let mut entries = Vec::with_capacity(record.writes.len());
+                for (key, state) in &record.writes {
+                    history
+                        .insert(
+                            (key.as_str(), record.revision),
+                            encode_version(state.as_ref()).as_slice(),
+                        )
+                        .map_err(backend)?;
+                    let kind = if state.is_some() { LOG_PUT } else { LOG_DELETE };
+                    entries.push((kind, key.as_str()));
+                }
+                log.insert(record.revision, encode_log(&entries).as_slice())
+                    .map_err(backend)?;
+                revision = record.revision;
+            }
             meta.insert(META_REVISION, revision).map_err(backend)?;
             meta.insert(META_COMPACTED, compacted).map_err(backend)?;
             (revision, compacted)
         };
         write.commit().map_err(backend)?;
+        // redb now holds everything durably: start the log afresh.
+        let wal = if options.write_ahead_log {
+            let mut wal = wal::Wal::open(&wal_path)?;
+            wal.truncate()?;
+            Some(wal)
+        } else {
+            match std::fs::remove_file(&wal_path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Backend(format!(
+                        "removing the write-ahead log: {error}"
+                    )));
+                }
+                _ => None,
+            }
+        };
 
         let db = Arc::new(db);
         let hub = Arc::new(Hub::new(revision, compacted, options.watch.clone()));
@@ -168,6 +227,8 @@ impl RedbStore {
             db: db.clone(),
             hub: hub.clone(),
             counters: counters.clone(),
+            wal,
+            failed: None,
             queue,
             options,
             previous_tick_revision: None,
@@ -525,6 +586,10 @@ struct Writer {
     db: Arc<Database>,
     hub: Arc<Hub>,
     counters: Arc<Counters>,
+    wal: Option<wal::Wal>,
+    /// Set when the log and redb may disagree (a failure between appending and committing):
+    /// every later txn fails until the store is reopened, which replays the log.
+    failed: Option<String>,
     queue: std_mpsc::Receiver<Request>,
     options: RedbOptions,
     /// The revision at the previous compaction tick: the next tick compacts to it.
@@ -542,7 +607,11 @@ impl Writer {
             let first = match self.queue.recv_timeout(wait) {
                 Ok(request) => Some(request),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    // A clean shutdown leaves redb durable and the log empty.
+                    self.checkpoint();
+                    return;
+                }
             };
             if let Some(first) = first {
                 // Everything queued while the previous commit synced shares this one.
@@ -577,6 +646,12 @@ impl Writer {
         if txns.is_empty() {
             return;
         }
+        if let Some(failed) = &self.failed {
+            for (_, reply) in txns {
+                let _ = reply.send(Err(StoreError::Backend(failed.clone())));
+            }
+            return;
+        }
         let (txns, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
         self.counters
             .txns
@@ -590,6 +665,13 @@ impl Writer {
                 for (reply, response) in replies.into_iter().zip(responses) {
                     let _ = reply.send(Ok(response));
                 }
+                if self
+                    .wal
+                    .as_ref()
+                    .is_some_and(|wal| wal.bytes() >= self.options.checkpoint_bytes)
+                {
+                    self.checkpoint();
+                }
                 self.compact_by_count();
             }
             Err(error) => {
@@ -602,8 +684,15 @@ impl Writer {
     }
 
     /// Runs every txn in order in one redb transaction and commits it once.
-    fn commit_group(&self, txns: Vec<Txn>) -> Result<(Vec<TxnResponse>, Vec<Batch>), StoreError> {
-        let write = self.db.begin_write().map_err(backend)?;
+    fn commit_group(
+        &mut self,
+        txns: Vec<Txn>,
+    ) -> Result<(Vec<TxnResponse>, Vec<Batch>), StoreError> {
+        let mut write = self.db.begin_write().map_err(backend)?;
+        if self.wal.is_some() {
+            // The log's sync makes this group durable; redb's comes at the next checkpoint.
+            write.set_durability(Durability::None).map_err(backend)?;
+        }
         let mut responses = Vec::with_capacity(txns.len());
         let mut batches = Vec::new();
         {
@@ -619,8 +708,44 @@ impl Writer {
             }
             meta.insert(META_REVISION, revision).map_err(backend)?;
         }
-        write.commit().map_err(backend)?;
+        if batches.is_empty() {
+            // Nothing written (only reads or failed compares): nothing to log or commit.
+            return Ok((responses, batches));
+        }
+        if let Some(wal) = &mut self.wal
+            && let Err(error) = wal.append(&batches)
+        {
+            // The log may hold part of a record; never append after it.
+            self.failed = Some(error.to_string());
+            return Err(error);
+        }
+        if let Err(error) = write.commit() {
+            let error = backend(error);
+            if self.wal.is_some() {
+                // The group is in the log, so it will reappear on reopening: its callers get an
+                // error whose outcome is unknown, as with etcd's timeouts.
+                self.failed = Some(error.to_string());
+            }
+            return Err(error);
+        }
         Ok((responses, batches))
+    }
+
+    /// Makes redb durable with one synced commit, then empties the log.
+    fn checkpoint(&mut self) {
+        let Some(wal) = &mut self.wal else { return };
+        if wal.bytes() == 0 || self.failed.is_some() {
+            return;
+        }
+        let outcome = self
+            .db
+            .begin_write()
+            .map_err(backend)
+            .and_then(|write| write.commit().map_err(backend))
+            .and_then(|()| wal.truncate());
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "store checkpoint failed; the write-ahead log keeps growing");
+        }
     }
 
     fn compact(&mut self, target: Revision) -> Result<(), StoreError> {

@@ -27,7 +27,7 @@ fn options() -> RedbOptions {
             interval: None,
             retain_revisions: None,
         },
-        max_group: 512,
+        ..RedbOptions::default()
     }
 }
 
@@ -142,13 +142,34 @@ async fn compaction_by_revision_count() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The durability modes the crash test kills: the write-ahead log with rare checkpoints (acked
+/// writes live only in the log), with a checkpoint every few KiB, and no log at all.
+const CRASH_MODES: [&str; 3] = ["wal", "wal-frequent-checkpoints", "no-wal"];
+
+fn crash_mode_options(mode: &str) -> anyhow::Result<RedbOptions> {
+    let defaults = RedbOptions::default();
+    Ok(match mode {
+        "wal" => defaults,
+        "wal-frequent-checkpoints" => RedbOptions {
+            checkpoint_bytes: 4096,
+            ..defaults
+        },
+        "no-wal" => RedbOptions {
+            write_ahead_log: false,
+            ..defaults
+        },
+        other => bail!("unknown crash mode {other}"),
+    })
+}
+
 /// The child half of the crash test: writes until killed, printing each acknowledged write.
 /// Runs only when the crash test starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "started by sigkill_loses_no_acknowledged_write"]
 async fn crash_child_writer() -> anyhow::Result<()> {
     let path = std::env::var("ATOLL_STORE_CRASH_PATH").context("ATOLL_STORE_CRASH_PATH")?;
-    let store = Arc::new(RedbStore::open(path, RedbOptions::default())?);
+    let mode = std::env::var("ATOLL_STORE_CRASH_MODE").context("ATOLL_STORE_CRASH_MODE")?;
+    let store = Arc::new(RedbStore::open(path, crash_mode_options(&mode)?)?);
     let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel::<String>();
     for writer in 0..16 {
         let store = store.clone();
@@ -176,10 +197,11 @@ async fn sigkill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.redb");
     let mut acked: BTreeMap<String, i64> = BTreeMap::new();
-    for round in 0..3 {
+    for (round, mode) in CRASH_MODES.iter().enumerate() {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["crash_child_writer", "--exact", "--ignored", "--nocapture"])
             .env("ATOLL_STORE_CRASH_PATH", &path)
+            .env("ATOLL_STORE_CRASH_MODE", mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -222,7 +244,7 @@ async fn sigkill_loses_no_acknowledged_write() -> anyhow::Result<()> {
         for (key, revision) in &acked {
             ensure!(
                 stored.get(key) == Some(revision),
-                "acknowledged {key}@{revision} lost after SIGKILL (round {round})"
+                "acknowledged {key}@{revision} lost after SIGKILL (round {round}, {mode})"
             );
         }
         let max_acked = acked.values().copied().max().unwrap_or(0);
