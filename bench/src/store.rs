@@ -45,17 +45,17 @@ async fn open(backend: &str) -> anyhow::Result<Opened> {
             Ok((Arc::new(store), None, Some(Box::new(etcd))))
         }
         "memory" => Ok((Arc::new(MemoryStore::new()), None, None)),
-        "redb" | "redb-no-wal" => {
+        "redb" | "redb-wal" => {
             let dir = tempfile::tempdir()?;
             let options = RedbOptions {
-                write_ahead_log: backend == "redb",
+                write_ahead_log: backend == "redb-wal",
                 ..RedbOptions::default()
             };
             let store = RedbStore::open(dir.path().join("store.redb"), options)?;
             Ok((Arc::new(store.clone()), Some((dir, store)), None))
         }
         other => bail!(
-            "unknown backend {other:?} (memory, redb, redb-no-wal, and etcd with --features etcd)"
+            "unknown backend {other:?} (memory, redb, redb-wal, and etcd with --features etcd)"
         ),
     }
 }

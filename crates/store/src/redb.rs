@@ -18,7 +18,7 @@
 //! published to watchers. If the commit fails, every transaction of the group fails and none
 //! is visible.
 //!
-//! **Write-ahead log** (`write_ahead_log`, on by default; see `wal.rs`): each group is
+//! **Write-ahead log** (`write_ahead_log`, off by default; see `wal.rs`): each group is
 //! appended to `<file>.wal` and synced before its redb commit, which then skips its own sync;
 //! redb is made durable every `checkpoint_bytes` of log and on shutdown, and the log is
 //! replayed on open. An append syncs one sequential write instead of redb's scattered pages.
@@ -88,8 +88,9 @@ pub struct RedbOptions {
     pub compaction: CompactionPolicy,
     /// At most this many store transactions share one redb commit.
     pub max_group: usize,
-    /// Sync each group to a write-ahead log and commit redb without syncing (see above);
-    /// off, every redb commit syncs.
+    /// Sync each group to a write-ahead log and commit redb without syncing (see above).
+    /// Off by default: on our shared disks its gain was within the noise (BENCHMARKS.md), and
+    /// redb's own synced commit is the simpler path to durability.
     pub write_ahead_log: bool,
     /// Make redb durable and empty the log once it holds this many bytes.
     pub checkpoint_bytes: u64,
@@ -101,7 +102,7 @@ impl Default for RedbOptions {
             watch: WatchOptions::default(),
             compaction: CompactionPolicy::default(),
             max_group: 512,
-            write_ahead_log: true,
+            write_ahead_log: false,
             checkpoint_bytes: 64 * 1024 * 1024,
         }
     }

@@ -149,8 +149,12 @@ const CRASH_MODES: [&str; 3] = ["wal", "wal-frequent-checkpoints", "no-wal"];
 fn crash_mode_options(mode: &str) -> anyhow::Result<RedbOptions> {
     let defaults = RedbOptions::default();
     Ok(match mode {
-        "wal" => defaults,
+        "wal" => RedbOptions {
+            write_ahead_log: true,
+            ..defaults
+        },
         "wal-frequent-checkpoints" => RedbOptions {
+            write_ahead_log: true,
             checkpoint_bytes: 4096,
             ..defaults
         },

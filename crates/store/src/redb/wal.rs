@@ -1,4 +1,4 @@
-//! The write-ahead log in front of redb.
+//! The write-ahead log in front of redb (opt-in: `RedbOptions::write_ahead_log`).
 //!
 //! A redb commit that syncs rewrites several scattered B-tree pages before its one fsync
 //! (4–5 ms on our disks); appending one record to a file and syncing it costs about 1 ms. So
