@@ -8,8 +8,11 @@
 //! stands in for every member; in pull mode the benchmark plays every agent, renewing each
 //! cluster's Lease every 10 s as `atoll agent` does. Fleets of each size run one after the
 //! other in one run, so the figures compare as ratios on a noisy machine.
+//!
+//! `store`: the hub's storage layer (`atoll-store`) on its own; see `store.rs`.
 
 mod mcs;
+mod store;
 mod stub;
 mod work;
 
@@ -108,6 +111,30 @@ enum Bench {
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
     },
+    /// Txn throughput, range latency and watch fan-out of the storage backends.
+    Store {
+        /// Backends, measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "memory,redb")]
+        backends: Vec<String>,
+        /// Concurrent writer counts for the throughput table.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        writers: Vec<usize>,
+        /// Seconds per throughput cell.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Value size in bytes (a small Kubernetes object is about 1 KiB).
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// Keys for the range table.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Watchers for the fan-out table.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Writes observed by every watcher.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +182,26 @@ async fn main() -> anyhow::Result<()> {
             works,
             atoll,
         } => work::work_latency(members, samples, works, atoll).await,
+        Bench::Store {
+            backends,
+            writers,
+            seconds,
+            value_bytes,
+            keys,
+            watchers,
+            events,
+        } => {
+            store::run(store::StoreBenchArgs {
+                backends,
+                writers,
+                seconds,
+                value_bytes,
+                keys,
+                watchers,
+                events,
+            })
+            .await
+        }
     }
 }
 
