@@ -15,8 +15,24 @@
 //!   revision fails with [`StoreError::Compacted`] (the API server's 410 Gone).
 //! - An acknowledged write is durable on durable backends.
 //!
-//! Backends: `memory` (tests), `redb` (the default embedded store), `etcd` (later).
-//! One test suite runs against every backend.
+//! - Within one transaction a key is written (put or deleted) at most once, as in etcd;
+//!   otherwise the transaction fails with [`StoreError::InvalidTxn`]. Ops run in order, so a
+//!   `Get` after a `Put` of the same key sees the new value.
+//! - A transaction whose ops change nothing (only reads, or deletes of absent keys) does not
+//!   advance the revision.
+//! - After `compact(c)`, ranges at revisions `>= c` still work; watches must start after `c`.
+//!
+//! Backends: [`memory`] (tests), [`redb`](crate::redb) (the default embedded store), `etcd`
+//! (later). One test suite ([`testsuite`], feature `testsuite`) runs against every backend.
+
+pub mod memory;
+pub mod redb;
+mod watch;
+
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use watch::WatchOptions;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -96,7 +112,8 @@ pub struct TxnResponse {
     pub results: Vec<OpResult>,
 }
 
-/// A range read: every key in `[start, end)`, in key order.
+/// A range read: every key in `[start, end)`, in key order. An empty `end` reads the single
+/// key `start`, as in etcd.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeRequest {
     /// First key (inclusive).
@@ -179,6 +196,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is closed")]
     Closed,
+    /// The transaction is malformed (for example, it writes one key twice).
+    #[error("invalid transaction: {0}")]
+    InvalidTxn(String),
 }
 
 /// The storage interface of the API server. Implementations are cheap to share (`Arc`).
@@ -203,6 +223,25 @@ pub trait Store: Send + Sync + 'static {
     async fn current_revision(&self) -> Result<Revision, StoreError>;
     /// The compacted revision (0 when nothing was compacted).
     async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+}
+
+/// Checks that a transaction writes each key at most once in each branch (etcd's rule).
+pub(crate) fn validate_txn(txn: &Txn) -> Result<(), StoreError> {
+    for ops in [&txn.success, &txn.failure] {
+        let mut written = std::collections::HashSet::new();
+        for op in ops {
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key } => key,
+                Op::Get { .. } => continue,
+            };
+            if !written.insert(key.as_str()) {
+                return Err(StoreError::InvalidTxn(format!(
+                    "duplicate key given in txn request: {key}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The end of the key range holding every key that starts with `prefix`.
