@@ -41,7 +41,6 @@ use std::time::Duration;
 
 use atoll_store::Store;
 use axum::Router;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +74,16 @@ pub enum ServerError {
 /// How often history is compacted, as kube-apiserver's default `--etcd-compaction-interval`.
 pub const COMPACTION_INTERVAL: Duration = Duration::from_secs(300);
 
+/// How a server runs.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Static bearer tokens.
+    pub tokens: TokenTable,
+    /// Compact the store's history this often (to the revision one interval earlier), as
+    /// kube-apiserver compacts etcd; `None` when the store compacts itself.
+    pub compaction_interval: Option<Duration>,
+}
+
 /// The server's core: state, router and its own control loops; serve it over TLS with
 /// [`ApiServer::serve_tls`] or use it in process through [`ApiServer::client`].
 pub struct ApiServer {
@@ -95,7 +104,7 @@ impl ApiServer {
     /// namespaces, RBAC roles) when missing, serves stored CRDs, starts the control loops.
     pub async fn start(
         store: Arc<dyn Store>,
-        tokens: TokenTable,
+        options: ServerOptions,
     ) -> Result<ApiServer, ServerError> {
         let shutdown = CancellationToken::new();
         let storage = Storage::new(store.clone(), shutdown.clone());
@@ -106,11 +115,11 @@ impl ApiServer {
         let state = Arc::new(AppState {
             storage: storage.clone(),
             registry: registry.clone(),
-            tokens,
+            tokens: options.tokens,
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         let router = server::router(state.clone());
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(controllers::run_crds(
                 storage.clone(),
                 registry.clone(),
@@ -126,8 +135,14 @@ impl ApiServer {
                 registry.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn(run_compactor(store, COMPACTION_INTERVAL, shutdown.clone())),
         ];
+        if let Some(interval) = options.compaction_interval {
+            tasks.push(tokio::spawn(run_compactor(
+                store,
+                interval,
+                shutdown.clone(),
+            )));
+        }
         state.ready.store(true, Ordering::Relaxed);
         Ok(ApiServer {
             state,
@@ -243,6 +258,8 @@ pub struct HubConfig {
     pub token_file: Option<PathBuf>,
     /// Extra names and addresses for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// See [`ServerOptions::compaction_interval`].
+    pub compaction_interval: Option<Duration>,
 }
 
 /// A running standalone server.
@@ -293,7 +310,14 @@ impl Hub {
             &[auth::SYSTEM_MASTERS],
         )?;
         let tls = pki.server_config()?;
-        let server = ApiServer::start(store, tokens).await?;
+        let server = ApiServer::start(
+            store,
+            ServerOptions {
+                tokens,
+                compaction_interval: config.compaction_interval,
+            },
+        )
+        .await?;
         let router = server.router();
         let token = server.shutdown_token();
         let serving = tokio::spawn(serve::serve_tls(listener, tls, router, token));
@@ -316,9 +340,4 @@ impl Hub {
         let _ = self.serving.await;
         self.server.shutdown().await;
     }
-}
-
-/// A JSON value's `metadata.name`, for callers of the storage layer.
-pub fn object_name(obj: &Value) -> &str {
-    storage::name_of(obj)
 }

@@ -34,6 +34,10 @@ enum Command {
     /// Serve `clusterset.local` (Multi-Cluster Services DNS) from a cluster's ServiceImports
     /// and EndpointSlices, over UDP and TCP, until SIGTERM or SIGINT.
     Dns(cmd::dns::Args),
+    /// Run Atoll's hub: a Kubernetes-compatible API server with an embedded store, in one
+    /// process. Writes an admin kubeconfig to `<data-dir>/admin.kubeconfig`.
+    #[command(alias = "up")]
+    Hub(cmd::hub::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Get(args) => runtime()?.block_on(cmd::get::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd::controller::run(args)),
         Command::Dns(args) => runtime()?.block_on(cmd::dns::run(args)),
+        Command::Hub(args) => runtime()?.block_on(cmd::hub::run(args)),
     }
 }
 

@@ -4,4 +4,5 @@ pub mod controller;
 pub mod crds;
 pub mod dns;
 pub mod get;
+pub mod hub;
 pub mod join;
