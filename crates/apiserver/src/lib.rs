@@ -21,6 +21,7 @@ pub mod error;
 pub mod http_util;
 pub mod openapi;
 pub mod pki;
+pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;

@@ -184,17 +184,23 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if content_type.contains("protobuf") || content_type.contains("cbor") {
-        // Only JSON (and YAML) bodies are decoded; clients that prefer protobuf for built-in
-        // kinds (client-go's typed clients) must be configured for JSON.
+    let protobuf = content_type.contains("protobuf");
+    if content_type.contains("cbor") {
         return Err(ApiError::unsupported_media_type(&[
             "application/json",
             "application/yaml",
+            "application/vnd.kubernetes.protobuf",
         ]));
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    if protobuf && crate::protobuf::is_protobuf(&bytes) {
+        // Typed client-go clients send protobuf for built-in kinds; the server works on JSON.
+        let obj = crate::protobuf::decode(&bytes)?;
+        let json = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((parts.headers, Bytes::from(json)));
+    }
     Ok((parts.headers, bytes))
 }
 

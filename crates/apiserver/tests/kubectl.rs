@@ -131,6 +131,90 @@ async fn kubectl_manages_built_in_kinds() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kubectl create <kind>` uses client-go's typed clients, which send protobuf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_generators_send_protobuf() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    hub.kubectl_ok(&["create", "namespace", "team"])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=k=v",
+    ])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=password=hunter2",
+    ])?;
+    hub.kubectl_ok(&["-n", "team", "create", "serviceaccount", "robot"])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "team",
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "--role=reader",
+        "--serviceaccount=team:robot",
+    ])?;
+    assert_eq!(
+        hub.kubectl_ok(&["-n", "team", "get", "cm", "cfg", "-o", "jsonpath={.data.k}"])?,
+        "v"
+    );
+    assert_eq!(
+        hub.kubectl_ok(&[
+            "-n",
+            "team",
+            "get",
+            "secret",
+            "s",
+            "-o",
+            "jsonpath={.type} {.data.password}"
+        ])?,
+        "Opaque aHVudGVyMg=="
+    );
+    assert_eq!(
+        hub.kubectl_ok(&[
+            "-n",
+            "team",
+            "get",
+            "role",
+            "reader",
+            "-o",
+            "jsonpath={.rules[0].verbs}"
+        ])?,
+        r#"["get","list"]"#
+    );
+    assert_eq!(
+        hub.kubectl_ok(&[
+            "-n",
+            "team",
+            "get",
+            "rolebinding",
+            "robot-reads",
+            "-o",
+            "jsonpath={.subjects[0].name}"
+        ])?,
+        "robot"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_installs_and_uses_a_crd() -> anyhow::Result<()> {
     let hub = TestHub::start().await?;
