@@ -277,7 +277,10 @@ impl ApiError {
             ..ApiError::new(
                 422,
                 "Invalid",
-                format!("{kind} {name:?} is invalid: {summary}"),
+                format!(
+                    "{} {name:?} is invalid: {summary}",
+                    GroupResource::new(group, kind)
+                ),
             )
         }
     }

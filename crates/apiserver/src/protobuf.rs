@@ -362,6 +362,8 @@ fn decode_message(buf: &[u8], schema: &[F]) -> Result<Value, ApiError> {
             continue;
         };
         let value = match (field.ty, raw) {
+            // Upstream's encoder writes empty strings that JSON omits; so does this decoder.
+            (Ty::Str, Raw::Bytes([])) if !field.repeated => continue,
             (Ty::Str, Raw::Bytes(b)) => json!(string(b)?),
             (Ty::Int, Raw::Varint(v)) => json!(v as i64),
             (Ty::Bool, Raw::Varint(v)) => json!(v != 0),

@@ -42,11 +42,16 @@ fn split_top_level(s: &str) -> Vec<&str> {
 }
 
 fn parse_set(rest: &str, raw: &str) -> Result<Vec<String>, ApiError> {
-    let inner = rest
-        .trim()
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| bad_selector(raw, "expected a parenthesized set of values"))?;
+    let rest = rest.trim();
+    let Some(open) = rest.strip_prefix('(') else {
+        let token = rest.split([' ', ',', ')']).next().unwrap_or_default();
+        return Err(ApiError::bad_request(format!(
+            "unable to parse requirement: found '{token}' expected: '('"
+        )));
+    };
+    let inner = open
+        .strip_suffix(')')
+        .ok_or_else(|| bad_selector(raw, "expected: ')'"))?;
     Ok(inner
         .split(',')
         .map(|v| v.trim().to_string())
@@ -161,7 +166,7 @@ impl FieldSelector {
             let field = field.trim();
             if field != "metadata.name" && field != "metadata.namespace" {
                 return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
+                    "{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
                 )));
             }
             terms.push((field.to_string(), value.trim().to_string(), equal));

@@ -379,13 +379,12 @@ fn patch_type(headers: &HeaderMap, def: &ResourceDef) -> Result<PatchType, ApiEr
         "application/strategic-merge-patch+json" => {
             Err(ApiError::unsupported_media_type(CUSTOM_PATCH_TYPES))
         }
-        _ => {
-            let mut accepted = CUSTOM_PATCH_TYPES.to_vec();
-            if !def.custom {
-                accepted.insert(2, "application/strategic-merge-patch+json");
-            }
-            Err(ApiError::unsupported_media_type(&accepted))
-        }
+        _ => Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: "415: Unsupported Media Type".into(),
+            details: None,
+        }),
     }
 }
 
@@ -418,11 +417,16 @@ fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, A
                     "the body of the request could not be decoded as a JSON patch: {e}"
                 ))
             })?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| ApiError {
-                code: 422,
-                reason: "Invalid",
-                message: e.to_string(),
-                details: None,
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                tracing::debug!(error = %e, "JSON patch failed");
+                // kube-apiserver's generic wording for a patch that does not apply.
+                ApiError {
+                    code: 422,
+                    reason: "Invalid",
+                    message: "the server rejected our request due to an error in our request"
+                        .into(),
+                    details: None,
+                }
             })?;
         }
         PatchType::Merge | PatchType::Apply => {
@@ -618,7 +622,6 @@ async fn resource(
             let opts = delete_options(query, &body)?;
             match storage.delete(&def, ns, &name, &opts).await? {
                 Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
-                Deleted::Gone(obj) if def.custom => Ok(json_response(StatusCode::OK, &obj)),
                 Deleted::Gone(obj) => {
                     let mut details = json!({
                         "name": name,

@@ -447,8 +447,16 @@ impl Storage {
                     break;
                 }
                 last_key = Some(kv.key.clone());
-                let obj = self.decode(def, kv)?;
+                let mut obj = self.decode(def, kv)?;
                 if opts.label_selector.matches(&obj) && opts.field_selector.matches(&obj) {
+                    if !def.custom
+                        && let Some(o) = obj.as_object_mut()
+                    {
+                        // Items of built-in lists carry no apiVersion or kind, as upstream's
+                        // typed lists; custom resource lists are unstructured and keep them.
+                        o.remove("apiVersion");
+                        o.remove("kind");
+                    }
                     items.push(obj);
                 }
             }
@@ -822,10 +830,10 @@ impl Storage {
                 let actual = meta_str(&current, "uid").unwrap_or_default();
                 if uid != actual {
                     return Err(ApiError::conflict(
-                        &gr,
+                        &GroupResource::new(&def.group, &def.kind),
                         name,
                         format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                            "the UID in the precondition ({uid}) does not match the UID in record ({actual}). The object might have been deleted and then recreated"
                         ),
                     ));
                 }
@@ -834,10 +842,10 @@ impl Storage {
                 let actual = mod_rev.to_string();
                 if *rv != actual {
                     return Err(ApiError::conflict(
-                        &gr,
+                        &GroupResource::new(&def.group, &def.kind),
                         name,
                         format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
+                            "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({actual}). The object might have been modified"
                         ),
                     ));
                 }
@@ -994,9 +1002,14 @@ impl Storage {
                     .cloned()
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|object| Event::Object {
-                        kind: "ADDED",
-                        object,
+                    .map(|mut object| {
+                        // Watch events always carry apiVersion and kind.
+                        object["apiVersion"] = json!(def.api_version());
+                        object["kind"] = json!(def.kind);
+                        Event::Object {
+                            kind: "ADDED",
+                            object,
+                        }
                     })
                     .collect();
                 (items, revision + 1)

@@ -231,14 +231,13 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         } else {
             &["ClusterRole"]
         };
-        match kind {
-            Some(k) if allowed.contains(&k) => {}
-            Some(k) => causes.push(Cause::not_supported(
+        match kind.unwrap_or_default() {
+            k if allowed.contains(&k) => {}
+            k => causes.push(Cause::not_supported(
                 "roleRef.kind",
                 &json!(k),
                 &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             )),
-            None => causes.push(Cause::required("roleRef.kind", "")),
         }
         if name.is_none_or(str::is_empty) {
             causes.push(Cause::required("roleRef.name", ""));

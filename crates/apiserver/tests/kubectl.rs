@@ -95,28 +95,32 @@ async fn kubectl_manages_built_in_kinds() -> anyhow::Result<()> {
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let lines = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .take(2)
-            .collect::<Vec<String>>()
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
     });
-    // The watch starts with the current state; wait for it before changing anything.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    hub.kubectl_ok(&["label", "configmap", "settings", "seen=yes"])?;
-    let seen = eventually(WAIT, || {
-        let done = lines.is_finished();
-        async move { Ok(done.then_some(())) }
-    })
-    .await;
+    let next_line = |rx: &std::sync::mpsc::Receiver<String>| {
+        rx.recv_timeout(WAIT)
+            .map_err(|e| anyhow::anyhow!("no watch output: {e}"))
+    };
+    // The watch prints the current state first; only then change it.
+    let first = next_line(&lines_rx);
+    let second = match &first {
+        Ok(_) => hub
+            .kubectl_ok(&["label", "configmap", "settings", "seen=yes"])
+            .and_then(|_| next_line(&lines_rx)),
+        Err(_) => Err(anyhow::anyhow!("no first line")),
+    };
     let _ = watch.kill();
-    seen?;
-    let lines = lines
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    // The current state, then the change.
-    assert_eq!(lines, ["configmap/settings", "configmap/settings"]);
+    let _ = watch.wait();
+    assert_eq!(
+        [first?, second?],
+        ["configmap/settings", "configmap/settings"]
+    );
 
     assert_eq!(
         hub.kubectl_ok(&["delete", "cm", "settings"])?.trim(),
