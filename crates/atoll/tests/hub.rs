@@ -159,3 +159,78 @@ async fn hub_restarts_with_everything_and_stops_on_sigterm() -> Result {
     assert!(status.success(), "exit status after SIGTERM: {status}");
     Ok(())
 }
+
+/// The crash test: SIGKILL in the middle of a write load; every acknowledged write survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_sigkill() -> Result {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("atoll-data");
+    let mut hub = start_hub(&data_dir)?;
+    let client = client(&data_dir).await?;
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        let acknowledged = acknowledged.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = format!("w{w}-{i}");
+                let cm: ConfigMap = match serde_json::from_value(
+                    json!({"metadata": {"name": name}, "data": {"v": "x".repeat(1024)}}),
+                ) {
+                    Ok(cm) => cm,
+                    Err(_) => return,
+                };
+                match api.create(&PostParams::default(), &cm).await {
+                    Ok(created) => {
+                        if let Ok(mut acked) = acknowledged.lock() {
+                            acked.push((name, created.metadata.uid));
+                        }
+                    }
+                    // The server is gone: stop writing.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill once a good number of writes are acknowledged (not after a fixed time).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().map(|a| a.len()).unwrap_or(0) < 300 {
+        if std::time::Instant::now() > deadline {
+            return Err("writes are not being acknowledged".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.kill()?;
+    hub.wait()?;
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let acked = acknowledged.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(acked.len() >= 300);
+
+    let mut hub = start_hub(&data_dir)?;
+    let client = self::client(&data_dir).await?;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let stored: std::collections::HashMap<String, Option<String>> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|cm| cm.metadata.name.clone().map(|n| (n, cm.metadata.uid)))
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|(name, uid)| stored.get(name) != Some(uid))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    let status = terminate(&mut hub)?;
+    assert!(status.success());
+    Ok(())
+}
