@@ -5,6 +5,7 @@
 //! server stands in for every member. Fleets of each size run side by side in one run, so
 //! the figures compare as ratios on a noisy machine.
 
+mod hub_api;
 mod stub;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,22 @@ enum Bench {
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
     },
+    /// Atoll's API server against kube-apiserver 1.20 + etcd: create throughput, list and
+    /// watch latency, memory.
+    HubApi {
+        /// ConfigMaps created for each throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        creates: usize,
+        /// Objects listed (and held while memory is read).
+        #[arg(long, default_value_t = 10000)]
+        objects: usize,
+        /// Concurrent watchers.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -54,6 +71,20 @@ async fn main() -> anyhow::Result<()> {
             health_period,
             atoll,
         } => inventory_health(clusters, steady_seconds, health_period, atoll).await,
+        Bench::HubApi {
+            creates,
+            objects,
+            watchers,
+            atoll,
+        } => {
+            hub_api::run(hub_api::Options {
+                creates,
+                objects,
+                watchers,
+                atoll,
+            })
+            .await
+        }
     }
 }
 
