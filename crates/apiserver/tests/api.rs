@@ -654,3 +654,59 @@ async fn the_in_process_client_needs_no_network() -> anyhow::Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn bodies_over_3_mib_are_refused_and_unknown_fields_warn() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let client = hub.client().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let huge = "x".repeat(3 * 1024 * 1024 + 1);
+    let too_large = api_error(
+        api.create(&PostParams::default(), &cm("huge", &[("k", &huge)]))
+            .await
+            .err()
+            .context("a body over 3 MiB was accepted")?,
+    )?;
+    assert_eq!(
+        (too_large.code, too_large.reason.as_str()),
+        (413, "RequestEntityTooLarge")
+    );
+    assert!(api.get_opt("huge").await?.is_none());
+
+    // fieldValidation=Warn (the default) answers unknown fields of a custom resource with a
+    // Warning header and drops them.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(
+        &PostParams::default(),
+        &serde_json::from_value(widget_crd())?,
+    )
+    .await?;
+    let send = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let body = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": "warned"}, "spec": {"size": 1, "extra": true}});
+            let req = http::Request::post(path)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&body)?))?;
+            anyhow::Ok(client.send(req).await?)
+        }
+    };
+    let resp = eventually(WAIT, || async {
+        let resp = send("/apis/example.com/v1/namespaces/default/widgets").await?;
+        Ok((resp.status() != 404).then_some(resp))
+    })
+    .await?;
+    assert_eq!(resp.status(), 201);
+    let warnings: Vec<&str> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert_eq!(warnings, [r#"299 - "unknown field \"spec.extra\"""#]);
+    let strict =
+        send("/apis/example.com/v1/namespaces/default/widgets?fieldValidation=Strict").await?;
+    assert_eq!(strict.status(), 400);
+    Ok(())
+}
