@@ -25,6 +25,7 @@ pub mod protobuf;
 pub mod rbac;
 pub mod registry;
 pub mod request;
+pub mod reviews;
 pub mod schema;
 pub mod selector;
 pub mod serve;

@@ -234,6 +234,47 @@ const DELETE_OPTIONS: &[F] = &[
     r(5, "dryRun", Ty::Str),
 ];
 
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    f(1, "namespace", Ty::Str),
+    f(2, "verb", Ty::Str),
+    f(3, "group", Ty::Str),
+    f(4, "version", Ty::Str),
+    f(5, "resource", Ty::Str),
+    f(6, "subresource", Ty::Str),
+    f(7, "name", Ty::Str),
+];
+
+const NON_RESOURCE_ATTRIBUTES: &[F] = &[f(1, "path", Ty::Str), f(2, "verb", Ty::Str)];
+
+const SELF_SUBJECT_ACCESS_REVIEW: &[F] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES)),
+            f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRIBUTES)),
+        ]),
+    ),
+];
+
+const SUBJECT_ACCESS_REVIEW: &[F] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            f(1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES)),
+            f(2, "nonResourceAttributes", Ty::Msg(NON_RESOURCE_ATTRIBUTES)),
+            f(3, "user", Ty::Str),
+            r(4, "groups", Ty::Str),
+            f(6, "uid", Ty::Str),
+        ]),
+    ),
+];
+
+const SELF_SUBJECT_REVIEW: &[F] = &[f(1, "metadata", Ty::Msg(OBJECT_META))];
+
 const TYPE_META: &[F] = &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)];
 
 fn schema_for(kind: &str) -> Option<&'static [F]> {
@@ -248,6 +289,9 @@ fn schema_for(kind: &str) -> Option<&'static [F]> {
         "Lease" => LEASE,
         "Event" => EVENT,
         "DeleteOptions" => DELETE_OPTIONS,
+        "SelfSubjectAccessReview" => SELF_SUBJECT_ACCESS_REVIEW,
+        "SubjectAccessReview" => SUBJECT_ACCESS_REVIEW,
+        "SelfSubjectReview" => SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }

@@ -232,8 +232,9 @@ pub fn denied(user: &UserInfo, target: &RequestTarget) -> ApiError {
     }
 }
 
-/// The bootstrap policy every server starts with: `cluster-admin` for `system:masters`, and
-/// the user-facing roles `admin`, `edit` and `view` to bind in namespaces.
+/// The bootstrap policy every server starts with: `cluster-admin` for `system:masters`,
+/// `system:basic-user` (self reviews) for every authenticated user, and the user-facing roles
+/// `admin`, `edit` and `view` to bind in namespaces.
 pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     let rbac = "rbac.authorization.k8s.io/v1";
     let read = json!(["get", "list", "watch"]);
@@ -292,6 +293,26 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                     {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "events"], "verbs": read},
                     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": read}
                 ]
+            }),
+        ),
+        (
+            "clusterroles",
+            json!({
+                "apiVersion": rbac, "kind": "ClusterRole",
+                "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "rules": [
+                    {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
+                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}
+                ]
+            }),
+        ),
+        (
+            "clusterrolebindings",
+            json!({
+                "apiVersion": rbac, "kind": "ClusterRoleBinding",
+                "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:basic-user"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SYSTEM_AUTHENTICATED}]
             }),
         ),
         (

@@ -93,6 +93,9 @@ pub struct ResourceDef {
     pub name_rule: NameRule,
     /// Whether this is a custom resource (served from a CRD).
     pub custom: bool,
+    /// A review kind (SubjectAccessReview, SelfSubjectReview...): create-only, answered and
+    /// never stored.
+    pub review: bool,
     /// The OpenAPI v3 schema of a custom resource version, when it has one.
     pub schema: Option<Value>,
     /// Extra `kubectl get` columns after NAME.
@@ -138,6 +141,9 @@ impl ResourceDef {
 
     /// The verbs discovery advertises.
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.review {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -173,6 +179,39 @@ struct Builtin {
 }
 
 const BUILTINS: &[Builtin] = &[
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        name_rule: NameRule::PathSegment,
+    },
+    Builtin {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        kind: "SubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        name_rule: NameRule::PathSegment,
+    },
+    Builtin {
+        group: "authentication.k8s.io",
+        version: "v1",
+        resource: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+        short_names: &[],
+        status: false,
+        name_rule: NameRule::PathSegment,
+    },
     Builtin {
         group: "",
         version: "v1",
@@ -314,6 +353,7 @@ fn builtin_def(b: &Builtin) -> ResourceDef {
         tracks_generation: b.kind == "CustomResourceDefinition",
         name_rule: b.name_rule,
         custom: false,
+        review: matches!(b.group, "authorization.k8s.io" | "authentication.k8s.io"),
         schema: None,
         printer_columns: Vec::new(),
     }
@@ -612,6 +652,7 @@ pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
             tracks_generation: true,
             name_rule: NameRule::Subdomain,
             custom: true,
+            review: false,
             schema,
             printer_columns,
         });

@@ -50,6 +50,37 @@ fn http_verb(method: &Method) -> &'static str {
     }
 }
 
+/// The verb as a static string; verbs outside Kubernetes' vocabulary read as `unknown`, which
+/// only a `*` rule grants.
+pub fn static_verb(verb: &str) -> &'static str {
+    const VERBS: &[&str] = &[
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "impersonate",
+        "bind",
+        "escalate",
+        "use",
+        "approve",
+        "sign",
+        "post",
+        "put",
+        "head",
+        "options",
+        "proxy",
+    ];
+    VERBS
+        .iter()
+        .find(|v| **v == verb)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// Namespace subresources that are not namespaced resources of their own.
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 

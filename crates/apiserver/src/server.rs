@@ -71,6 +71,7 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
         Authn::User(user) => user,
         Authn::Invalid => return Err(ApiError::unauthorized()),
     };
+    let user = crate::reviews::impersonate(&state.storage, user, req.headers()).await?;
     let query = Query::parse(req.uri().query());
     let path = req.uri().path().to_string();
     let target = parse_target(req.method(), &path, &query);
@@ -476,6 +477,15 @@ async fn resource(
     }
     if r.subresource.is_some() && !matches!(r.verb, "get" | "update" | "patch") {
         return Err(ApiError::method_not_allowed());
+    }
+    if def.review {
+        if r.verb != "create" {
+            return Err(ApiError::method_not_allowed());
+        }
+        let (_, body) = read_body(req).await?;
+        let answer =
+            crate::reviews::answer(&state.storage, &def, _user, parse_json(&body)?).await?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let table = wants_table(req.headers());
     let include_object = query.get("includeObject").unwrap_or("Metadata").to_string();

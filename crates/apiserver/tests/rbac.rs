@@ -213,3 +213,82 @@ async fn anonymous_requests_reach_health_but_not_the_api() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_whoami_and_impersonation() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "alice-token,alice,1\n")?;
+    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    hub.kubectl_ok(&["create", "namespace", "x"])?;
+    hub.kubectl_ok(&["create", "namespace", "y"])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "x",
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ])?;
+    hub.kubectl_ok(&[
+        "-n",
+        "x",
+        "create",
+        "rolebinding",
+        "alice",
+        "--role=reader",
+        "--user=alice",
+    ])?;
+
+    assert_eq!(
+        hub.kubectl_ok(&[
+            "auth",
+            "can-i",
+            "list",
+            "configmaps",
+            "-n",
+            "x",
+            "--as=alice"
+        ])?
+        .trim(),
+        "yes"
+    );
+    let no = hub.kubectl(&[
+        "auth",
+        "can-i",
+        "list",
+        "configmaps",
+        "-n",
+        "y",
+        "--as=alice",
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&no.stdout).trim(), "no");
+    assert!(!no.status.success());
+    let denied = hub.kubectl(&["get", "configmaps", "-n", "y", "--as=alice"])?;
+    assert_eq!(
+        String::from_utf8_lossy(&denied.stderr).trim(),
+        r#"Error from server (Forbidden): configmaps is forbidden: User "alice" cannot list resource "configmaps" in API group "" in the namespace "y""#
+    );
+    assert_eq!(
+        hub.kubectl_ok(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}"
+        ])?,
+        "atoll-admin"
+    );
+
+    // alice may not impersonate.
+    let alice = token_client(&hub, "alice-token").await?;
+    let req = http::Request::get("/api/v1/namespaces/x/configmaps")
+        .header("Impersonate-User", "bob")
+        .body(Vec::new())?;
+    let status = status_of(alice.request_text(req).await)?;
+    assert_eq!(
+        status.message,
+        r#"users "bob" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#
+    );
+    Ok(())
+}
