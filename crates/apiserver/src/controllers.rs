@@ -318,13 +318,87 @@ async fn namespace_pass(
 /// dependents; an orphaning owner's dependents lose their reference to it.
 pub async fn run_gc(storage: Storage, registry: Registry, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
-        if let Err(e) = gc_pass(&storage, &registry).await {
-            tracing::warn!(error = %e, "garbage collector");
+        // A full pass over one snapshot, then a watch from it: another pass runs only when a
+        // change matters to ownership (a dependent written, an owner deleted or deleting), and
+        // once a minute to be safe. Ordinary writes cost one cheap check each.
+        let (revision, owners) = match gc_pass(&storage, &registry).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collector");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut changes = match storage
+            .store()
+            .watch("/registry/", revision + 1, false)
+            .await
+        {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collector watch");
+                continue;
+            }
+        };
+        let resync = tokio::time::sleep(Duration::from_secs(60));
+        tokio::pin!(resync);
+        let mut due: Option<tokio::time::Instant> = None;
+        loop {
+            let debounce = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut resync => break,
+                _ = debounce => break,
+                change = changes.next() => match change {
+                    Some(Ok(event)) => {
+                        if due.is_none() && gc_relevant(&event, &owners) {
+                            due = Some(tokio::time::Instant::now() + Duration::from_millis(100));
+                        }
+                    }
+                    _ => break,
+                },
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether a change can give the collector work.
+fn gc_relevant(event: &atoll_store::WatchEvent, owners: &HashSet<String>) -> bool {
+    match event {
+        atoll_store::WatchEvent::Put { kv, .. } => {
+            contains(&kv.value, b"\"ownerReferences\"")
+                || (contains(&kv.value, b"\"deletionTimestamp\"")
+                    && (contains(&kv.value, b"\"orphan\"")
+                        || contains(&kv.value, b"\"foregroundDeletion\"")))
         }
+        // A dependent's deletion may free an owner waiting in the foreground.
+        atoll_store::WatchEvent::Delete { prev, .. }
+            if contains(&prev.value, b"\"ownerReferences\"") =>
+        {
+            true
+        }
+        atoll_store::WatchEvent::Delete { prev, .. } => {
+            serde_json::from_slice::<Value>(&prev.value)
+                .ok()
+                .and_then(|obj| {
+                    obj.pointer("/metadata/uid")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .is_some_and(|uid| owners.contains(&uid))
+        }
+        atoll_store::WatchEvent::Progress { .. } => false,
     }
 }
 
@@ -344,7 +418,11 @@ fn owner_uids(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn gc_pass(storage: &Storage, registry: &Registry) -> Result<(), ApiError> {
+/// One collection over a snapshot; returns its revision and the uids referenced as owners.
+async fn gc_pass(
+    storage: &Storage,
+    registry: &Registry,
+) -> Result<(i64, HashSet<String>), ApiError> {
     // One snapshot of everything: an owner missing from it is missing at that revision.
     let resp = storage
         .store()
@@ -529,5 +607,5 @@ async fn gc_pass(storage: &Storage, registry: &Registry) -> Result<(), ApiError>
             }
         }
     }
-    Ok(())
+    Ok((resp.revision, dependents.into_keys().collect()))
 }
