@@ -710,3 +710,61 @@ async fn bodies_over_3_mib_are_refused_and_unknown_fields_warn() -> anyhow::Resu
     assert_eq!(strict.status(), 400);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kube_runtime_controller_reconciles_against_it() -> anyhow::Result<()> {
+    use kube::runtime::controller::{Action, Controller};
+
+    let hub = TestHub::start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(hub.client().await?, "default");
+    let reconcile = |cm: Arc<ConfigMap>, api: Arc<Api<ConfigMap>>| async move {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        if cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("reconciled"))
+            .is_none()
+        {
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"reconciled": "yes"}}})),
+            )
+            .await?;
+        }
+        Ok::<_, kube::Error>(Action::await_change())
+    };
+    let controller = Controller::new(api.clone(), watcher::Config::default())
+        .run(
+            reconcile,
+            |_, _: &kube::Error, _| Action::requeue(Duration::from_secs(1)),
+            Arc::new(api.clone()),
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+    for i in 0..3 {
+        api.create(&PostParams::default(), &cm(&format!("c{i}"), &[]))
+            .await?;
+    }
+    let done = eventually(WAIT, || {
+        let api = api.clone();
+        async move {
+            let list = api.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .all(|c| {
+                    c.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("reconciled"))
+                        .is_some()
+                })
+                .then_some(()))
+        }
+    })
+    .await;
+    task.abort();
+    done
+}
