@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::error::Cause;
 use crate::registry::ResourceDef;
 use crate::schema;
-use crate::storage::{finalizers, meta_mut, name_of};
+use crate::storage::{finalizers, name_of};
 
 fn is(def: &ResourceDef, group: &str, kind: &str) -> bool {
     def.group == group && def.kind == kind
@@ -343,20 +343,20 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     if let Some(old) = old {
-        for field in ["/spec/group", "/spec/names/plural", "/spec/scope"] {
-            if old.pointer(field) != obj.pointer(field) && field == "/spec/group" {
+        // The storage key depends on group, plural and scope.
+        for (pointer, field) in [
+            ("/spec/group", "spec.group"),
+            ("/spec/names/plural", "spec.names.plural"),
+            ("/spec/scope", "spec.scope"),
+        ] {
+            if old.pointer(pointer) != obj.pointer(pointer) {
                 causes.push(Cause::invalid(
-                    "spec.group",
-                    obj.pointer(field).unwrap_or(&Value::Null),
+                    field,
+                    obj.pointer(pointer).unwrap_or(&Value::Null),
                     "field is immutable",
                 ));
             }
         }
     }
     causes
-}
-
-/// The metadata map of a custom resource, for callers outside this module.
-pub fn metadata_of(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
-    meta_mut(obj)
 }
