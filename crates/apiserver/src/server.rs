@@ -251,13 +251,13 @@ fn check_unknown_fields(
     obj: &Value,
     mode: FieldValidation,
 ) -> Result<Vec<String>, ApiError> {
-    let Some(schema) = def.schema.as_ref().filter(|_| def.custom) else {
-        return Ok(Vec::new());
-    };
     if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let unknown = schema::unknown_fields(schema, obj);
+    let mut unknown = crate::strategy::unknown_fields(def, obj);
+    if let Some(schema) = def.schema.as_ref().filter(|_| def.custom) {
+        unknown.extend(schema::unknown_fields(schema, obj));
+    }
     if unknown.is_empty() {
         return Ok(Vec::new());
     }

@@ -537,6 +537,7 @@ impl Storage {
             }
             _ => obj["kind"] = json!(def.kind),
         }
+        strategy::prune_unknown(def, obj);
         Ok(())
     }
 

@@ -360,3 +360,96 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     }
     causes
 }
+
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// The top-level fields of a built-in kind (besides apiVersion, kind and metadata); `None`
+/// for kinds whose fields are not checked.
+fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
+    Some(match (def.group.as_str(), def.kind.as_str()) {
+        ("", "ConfigMap") => &["data", "binaryData", "immutable"],
+        ("", "Secret") => &["data", "stringData", "type", "immutable"],
+        ("", "Namespace") => &["spec", "status"],
+        ("", "ServiceAccount") => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        ("", "Event") => &[
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "series",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ],
+        ("coordination.k8s.io", "Lease") => &["spec"],
+        ("rbac.authorization.k8s.io", "Role") => &["rules"],
+        ("rbac.authorization.k8s.io", "ClusterRole") => &["rules", "aggregationRule"],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            &["subjects", "roleRef"]
+        }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => &["spec", "status"],
+        _ => return None,
+    })
+}
+
+/// Fields the kind does not have: top-level fields of built-in kinds and metadata fields of
+/// every kind (custom resources' other fields follow their schema).
+pub fn unknown_fields(def: &ResourceDef, obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(meta) = obj.get("metadata").and_then(Value::as_object) {
+        out.extend(
+            meta.keys()
+                .filter(|k| !OBJECT_META_FIELDS.contains(&k.as_str()))
+                .map(|k| format!("metadata.{k}")),
+        );
+    }
+    if let (Some(fields), Some(o)) = (builtin_fields(def), obj.as_object()) {
+        out.extend(
+            o.keys()
+                .filter(|k| {
+                    !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+                        && !fields.contains(&k.as_str())
+                })
+                .cloned(),
+        );
+    }
+    out
+}
+
+/// Drops the fields [`unknown_fields`] reports, as decoding into upstream's types drops them.
+pub fn prune_unknown(def: &ResourceDef, obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| OBJECT_META_FIELDS.contains(&k.as_str()));
+    }
+    if let (Some(fields), Some(o)) = (builtin_fields(def), obj.as_object_mut()) {
+        o.retain(|k, _| {
+            matches!(k.as_str(), "apiVersion" | "kind" | "metadata") || fields.contains(&k.as_str())
+        });
+    }
+}

@@ -273,6 +273,16 @@ fn scenario() -> (Vec<Step>, Vec<Step>) {
                 json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "name": "r"}}),
             ),
         ),
+        // Unknown fields are dropped (1.20 has no fieldValidation; current Kubernetes warns by
+        // default and drops them too).
+        step(
+            "unknown fields are dropped",
+            "POST",
+            "/api/v1/namespaces/diff/configmaps",
+            Some(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra", "bogus": 1}, "spec": {"x": 1}, "data": {"k": "v"}}),
+            ),
+        ),
         step(
             "dry-run create",
             "POST",

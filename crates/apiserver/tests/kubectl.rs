@@ -44,6 +44,20 @@ async fn kubectl_manages_built_in_kinds() -> anyhow::Result<()> {
             .any(|l| l.starts_with("settings ") && l.split_whitespace().nth(1) == Some("1"))
     );
 
+    // kubectl validates strictly by default: unknown fields are refused.
+    let bogus = hub.dir.path().join("bogus.yaml");
+    std::fs::write(
+        &bogus,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bogus\nspec:\n  x: 1\n",
+    )?;
+    let out = hub.kubectl(&["create", "-f", &bogus.to_string_lossy()])?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"strict decoding error: unknown field "spec""#),
+        "{stderr}"
+    );
+
     hub.kubectl_ok(&["label", "configmap", "settings", "tier=web"])?;
     hub.kubectl_ok(&["annotate", "configmap", "settings", "note=hello"])?;
     hub.kubectl_ok(&[
