@@ -4,8 +4,11 @@
 //! push-mode clusters. A real kube-apiserver (from the test bed) is the hub; one stub HTTPS
 //! server stands in for every member. Fleets of each size run side by side in one run, so
 //! the figures compare as ratios on a noisy machine.
+//!
+//! `store`: the hub's storage layer (`atoll-store`) on its own; see `store.rs`.
 
 mod hub_api;
+mod store;
 mod stub;
 
 use std::collections::BTreeMap;
@@ -60,6 +63,30 @@ enum Bench {
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
     },
+    /// Txn throughput, range latency and watch fan-out of the storage backends.
+    Store {
+        /// Backends, measured one after the other in this run.
+        #[arg(long, value_delimiter = ',', default_value = "memory,redb")]
+        backends: Vec<String>,
+        /// Concurrent writer counts for the throughput table.
+        #[arg(long, value_delimiter = ',', default_value = "1,32")]
+        writers: Vec<usize>,
+        /// Seconds per throughput cell.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Value size in bytes (a small Kubernetes object is about 1 KiB).
+        #[arg(long, default_value_t = 1024)]
+        value_bytes: usize,
+        /// Keys for the range table.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// Watchers for the fan-out table.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Writes observed by every watcher.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+    },
 }
 
 #[tokio::main]
@@ -82,6 +109,26 @@ async fn main() -> anyhow::Result<()> {
                 objects,
                 watchers,
                 atoll,
+            })
+            .await
+        }
+        Bench::Store {
+            backends,
+            writers,
+            seconds,
+            value_bytes,
+            keys,
+            watchers,
+            events,
+        } => {
+            store::run(store::StoreBenchArgs {
+                backends,
+                writers,
+                seconds,
+                value_bytes,
+                keys,
+                watchers,
+                events,
             })
             .await
         }

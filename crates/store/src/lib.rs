@@ -22,9 +22,16 @@
 //!   advance the revision.
 //! - After `compact(c)`, ranges at revisions `>= c` still work; watches must start after `c`.
 //!
-//! Backends: [`memory`] (tests), [`redb`](crate::redb) (the default embedded store), `etcd`
-//! (later). One test suite ([`testsuite`], feature `testsuite`) runs against every backend.
+//! Backends:
+//! - [`memory::MemoryStore`]: in-memory MVCC, for tests and simulated members.
+//! - [`redb::RedbStore`]: the default, one embedded redb file; durable, with group commit
+//!   (concurrent txns share one fsync) and periodic compaction.
+//! - `etcd::EtcdStore` (feature `etcd`): an etcd v3 cluster, keys under a prefix.
+//!
+//! One test suite (`testsuite`, feature `testsuite`) runs unchanged against every backend.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod memory;
 pub mod redb;
 mod watch;

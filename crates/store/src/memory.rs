@@ -16,13 +16,22 @@ use crate::{
 };
 
 /// Options of [`MemoryStore`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryOptions {
     /// Watch fan-out tuning.
     pub watch: WatchOptions,
-    /// Compact automatically so that at most this many revisions of history are kept;
-    /// `None` keeps history until [`Store::compact`] is called.
+    /// Compact automatically so that about this many revisions of history are kept (it
+    /// compacts when twice as many pile up); `None` keeps history until [`Store::compact`].
     pub retain_revisions: Option<u64>,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        MemoryOptions {
+            watch: WatchOptions::default(),
+            retain_revisions: Some(100_000),
+        }
+    }
 }
 
 /// The in-memory [`Store`]. Clones share one store.
@@ -256,8 +265,10 @@ impl Store for MemoryStore {
             // always holds whatever the ring announced.
             self.hub.publish([Batch { revision, events }]);
             if let Some(retain) = self.retain_revisions {
-                let target = revision - i64::try_from(retain).unwrap_or(i64::MAX);
-                if target > state.compacted {
+                // In steps of `retain`, not on every write: compaction visits every key.
+                let retain = i64::try_from(retain).unwrap_or(i64::MAX);
+                if revision - state.compacted >= retain.saturating_mul(2) {
+                    let target = revision - retain;
                     state.compact(target);
                     self.hub.set_compacted(target);
                 }

@@ -23,6 +23,7 @@
 //! stays watchable; `retain_revisions` additionally caps history by count.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -99,9 +100,25 @@ pub struct RedbStore {
     inner: Arc<Inner>,
 }
 
+/// Counters of the writer, for benchmarks and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedbStats {
+    /// Store transactions committed (or failed together with their group).
+    pub txns: u64,
+    /// redb commits (fsyncs) that carried them.
+    pub groups: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    txns: AtomicU64,
+    groups: AtomicU64,
+}
+
 struct Inner {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    counters: Arc<Counters>,
     requests: Option<std_mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -146,9 +163,11 @@ impl RedbStore {
         let db = Arc::new(db);
         let hub = Arc::new(Hub::new(revision, compacted, options.watch.clone()));
         let (requests, queue) = std_mpsc::channel();
+        let counters = Arc::new(Counters::default());
         let writer = Writer {
             db: db.clone(),
             hub: hub.clone(),
+            counters: counters.clone(),
             queue,
             options,
             previous_tick_revision: None,
@@ -161,10 +180,19 @@ impl RedbStore {
             inner: Arc::new(Inner {
                 db,
                 hub,
+                counters,
                 requests: Some(requests),
                 writer: Some(writer),
             }),
         })
+    }
+
+    /// How many txns the writer committed, in how many groups (fsyncs).
+    pub fn stats(&self) -> RedbStats {
+        RedbStats {
+            txns: self.inner.counters.txns.load(Ordering::Relaxed),
+            groups: self.inner.counters.groups.load(Ordering::Relaxed),
+        }
     }
 
     async fn request<T>(
@@ -381,44 +409,60 @@ fn range(
     }
     .map_err(backend)?;
 
-    // Versions come grouped by key, oldest first: keep the newest at or before `at`.
-    let mut candidate: Option<(String, Revision, Vec<u8>)> = None;
-    let flush = |candidate: Option<(String, Revision, Vec<u8>)>,
-                 response: &mut RangeResponse|
-     -> Result<(), StoreError> {
-        let Some((key, revision, bytes)) = candidate else {
-            return Ok(());
-        };
-        if bytes.first() == Some(&TOMBSTONE) {
-            return Ok(());
-        }
-        response.count += 1;
-        if request.count_only {
-            return Ok(());
-        }
-        if request.limit > 0 && response.kvs.len() == request.limit {
-            response.more = true;
-        } else if let Some(kv) = decode_version(&key, revision, &bytes)? {
+    // Versions come grouped by key, oldest first: keep the newest at or before `at`. Values
+    // are decoded only while the page still has room; past it, liveness is all that counts.
+    let mut held: Option<(String, Held)> = None;
+    let flush = |held: Option<(String, Held)>, response: &mut RangeResponse| match held {
+        None | Some((_, Held::Absent)) => {}
+        Some((_, Held::Live(kv))) => {
+            response.count += 1;
             response.kvs.push(kv);
         }
-        Ok(())
+        Some((_, Held::Counted)) => {
+            response.count += 1;
+            response.more |= !request.count_only;
+        }
     };
     for entry in versions {
         let (stored, bytes) = entry.map_err(backend)?;
         let (key, revision) = stored.value();
-        let same_key = candidate.as_ref().is_some_and(|(held, _, _)| held == key);
-        if !same_key {
-            flush(candidate.take(), &mut response)?;
-        }
-        if revision <= at {
-            candidate = Some((key.to_owned(), revision, bytes.value().to_vec()));
-        } else if !same_key {
-            // This key did not exist yet at `at`; keep the slot empty but remember the key.
-            candidate = Some((key.to_owned(), revision, vec![TOMBSTONE]));
-        }
+        let key = match held.take() {
+            Some((held_key, state)) if held_key == key => {
+                if revision > at {
+                    held = Some((held_key, state));
+                    continue;
+                }
+                held_key
+            }
+            other => {
+                flush(other, &mut response);
+                key.to_owned()
+            }
+        };
+        let bytes = bytes.value();
+        let state = if revision > at || bytes.first() == Some(&TOMBSTONE) {
+            // Not created yet at `at`, or deleted.
+            Held::Absent
+        } else if request.count_only || (request.limit > 0 && response.kvs.len() >= request.limit) {
+            Held::Counted
+        } else {
+            match decode_version(&key, revision, bytes)? {
+                Some(kv) => Held::Live(kv),
+                None => Held::Absent,
+            }
+        };
+        held = Some((key, state));
     }
-    flush(candidate, &mut response)?;
+    flush(held, &mut response);
     Ok(response)
+}
+
+/// What a range holds for the key it is looking at.
+enum Held {
+    Absent,
+    /// Live at the revision, beyond the page: counted only.
+    Counted,
+    Live(KeyValue),
 }
 
 struct RedbHistory(Weak<Database>);
@@ -480,6 +524,7 @@ impl History for RedbHistory {
 struct Writer {
     db: Arc<Database>,
     hub: Arc<Hub>,
+    counters: Arc<Counters>,
     queue: std_mpsc::Receiver<Request>,
     options: RedbOptions,
     /// The revision at the previous compaction tick: the next tick compacts to it.
@@ -533,6 +578,10 @@ impl Writer {
             return;
         }
         let (txns, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
+        self.counters
+            .txns
+            .fetch_add(txns.len() as u64, Ordering::Relaxed);
+        self.counters.groups.fetch_add(1, Ordering::Relaxed);
         match self.commit_group(txns) {
             Ok((responses, batches)) => {
                 // Publish before answering: a caller that saw its write acknowledged and then

@@ -22,3 +22,30 @@ async fn fresh() -> anyhow::Result<Fixture> {
 }
 
 atoll_store::store_testsuite!(fresh());
+
+#[tokio::test]
+async fn history_is_bounded_by_revision_count() -> anyhow::Result<()> {
+    use atoll_store::{Op, Store, Txn};
+    let store = MemoryStore::with_options(MemoryOptions {
+        retain_revisions: Some(10),
+        ..MemoryOptions::default()
+    });
+    for i in 0..50 {
+        store
+            .txn(Txn {
+                success: vec![Op::Put {
+                    key: "/bounded/k".into(),
+                    value: i.to_string().into(),
+                }],
+                ..Txn::default()
+            })
+            .await?;
+    }
+    let current = store.current_revision().await?;
+    let compacted = store.compacted_revision().await?;
+    anyhow::ensure!(
+        compacted > 0 && current - compacted < 20,
+        "{compacted} of {current}"
+    );
+    Ok(())
+}

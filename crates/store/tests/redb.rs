@@ -232,3 +232,27 @@ async fn sigkill_loses_no_acknowledged_write() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_txns_share_commits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(RedbStore::open(dir.path().join("store.redb"), options())?);
+    let mut tasks = Vec::new();
+    for writer in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                store.txn(put(&format!("/group/{writer}/{i}"), "v")).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let stats = store.stats();
+    ensure!(stats.txns == 32 * 20, "{stats:?}");
+    // 32 writers waiting on one fsync at a time: their txns must have shared commits.
+    ensure!(stats.groups < stats.txns, "no group commit: {stats:?}");
+    Ok(())
+}
