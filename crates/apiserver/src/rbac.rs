@@ -182,10 +182,9 @@ pub async fn authorize(
         ..
     }) = target
     {
-        // A Namespace object is addressed by name, not inside a namespace: bindings in a
-        // namespace never grant access to the Namespace object itself, as upstream.
-        let is_namespace_object = matches!(target, RequestTarget::Resource(r) if r.group.is_empty() && r.resource == "namespaces");
-        if !is_namespace_object {
+        // As upstream, a request for the Namespace object `x` itself is in namespace `x`, so
+        // RoleBindings there may grant it.
+        {
             for binding in list(storage, &format!("{PREFIX}rolebindings/{ns}/")).await? {
                 let subjects = binding.get("subjects").and_then(Value::as_array);
                 if !subjects
@@ -212,11 +211,7 @@ pub fn denied(user: &UserInfo, target: &RequestTarget) -> ApiError {
     match target {
         RequestTarget::Resource(req) => {
             let gr = crate::registry::GroupResource::new(&req.group, &req.resource);
-            let ns = if req.group.is_empty() && req.resource == "namespaces" {
-                None
-            } else {
-                req.namespace.as_deref()
-            };
+            let ns = req.namespace.as_deref();
             ApiError::forbidden_resource(
                 &user.name,
                 req.verb,

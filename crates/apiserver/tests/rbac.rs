@@ -136,7 +136,7 @@ async fn rbac_confines_an_identity_to_its_namespace() -> anyhow::Result<()> {
     let denied = status_of(namespaces.get("x").await)?;
     assert_eq!(
         denied.message,
-        r#"namespaces "x" is forbidden: User "bob" cannot get resource "namespaces" in API group "" at the cluster scope"#
+        r#"namespaces "x" is forbidden: User "bob" cannot get resource "namespaces" in API group "" in the namespace "x""#
     );
 
     // An unknown token is 401 Unauthorized.
