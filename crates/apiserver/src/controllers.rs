@@ -320,7 +320,7 @@ pub async fn run_gc(storage: Storage, registry: Registry, shutdown: Cancellation
     while !shutdown.is_cancelled() {
         // A full pass over one snapshot, then a watch from it: another pass runs only when a
         // change matters to ownership (a dependent written, an owner deleted or deleting), and
-        // once a minute to be safe. Ordinary writes cost one cheap check each.
+        // every five minutes to be safe. Ordinary writes cost one cheap check each.
         let (revision, owners) = match gc_pass(&storage, &registry).await {
             Ok(done) => done,
             Err(e) => {
@@ -342,7 +342,7 @@ pub async fn run_gc(storage: Storage, registry: Registry, shutdown: Cancellation
                 continue;
             }
         };
-        let resync = tokio::time::sleep(Duration::from_secs(60));
+        let resync = tokio::time::sleep(Duration::from_secs(300));
         tokio::pin!(resync);
         let mut due: Option<tokio::time::Instant> = None;
         loop {
@@ -423,41 +423,66 @@ async fn gc_pass(
     storage: &Storage,
     registry: &Registry,
 ) -> Result<(i64, HashSet<String>), ApiError> {
-    // One snapshot of everything: an owner missing from it is missing at that revision.
-    let resp = storage
-        .store()
-        .range(RangeRequest {
-            start: "/registry/".into(),
-            end: prefix_end("/registry/"),
-            ..Default::default()
-        })
-        .await?;
-    let mut items: Vec<Item> = Vec::new();
-    let mut defs: HashMap<(String, String), Option<Arc<ResourceDef>>> = HashMap::new();
-    for kv in &resp.kvs {
-        let mut parts = kv.key.trim_start_matches("/registry/").splitn(3, '/');
-        let (Some(group), Some(resource)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let group = if group == "core" { "" } else { group };
-        let def = defs
-            .entry((group.to_string(), resource.to_string()))
-            .or_insert_with(|| registry.get_any_version(group, resource))
-            .clone();
-        let (Some(def), Ok(obj)) = (def, serde_json::from_slice::<Value>(&kv.value)) else {
-            continue;
-        };
-        items.push(Item { def, obj });
+    // One snapshot of everything, read in pages at one revision: an owner missing from it is
+    // missing at that revision. Only objects that take part in ownership are decoded in full;
+    // of the others only the uid is read.
+    #[derive(serde::Deserialize)]
+    struct UidOnly {
+        metadata: UidMeta,
     }
-    let uids: HashSet<String> = items
-        .iter()
-        .filter_map(|i| {
-            i.obj
-                .pointer("/metadata/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .collect();
+    #[derive(serde::Deserialize)]
+    struct UidMeta {
+        uid: Option<String>,
+    }
+    let end = prefix_end("/registry/");
+    let mut start = "/registry/".to_string();
+    let mut revision = 0;
+    let mut items: Vec<Item> = Vec::new();
+    let mut uids: HashSet<String> = HashSet::new();
+    let mut defs: HashMap<(String, String), Option<Arc<ResourceDef>>> = HashMap::new();
+    loop {
+        let resp = storage
+            .store()
+            .range(RangeRequest {
+                start: start.clone(),
+                end: end.clone(),
+                limit: 1000,
+                revision,
+                count_only: false,
+            })
+            .await?;
+        revision = resp.revision;
+        for kv in &resp.kvs {
+            if let Ok(UidOnly {
+                metadata: UidMeta { uid: Some(uid) },
+            }) = serde_json::from_slice::<UidOnly>(&kv.value)
+            {
+                uids.insert(uid);
+            }
+            if !contains(&kv.value, b"\"ownerReferences\"")
+                && !contains(&kv.value, b"\"deletionTimestamp\"")
+            {
+                continue;
+            }
+            let mut parts = kv.key.trim_start_matches("/registry/").splitn(3, '/');
+            let (Some(group), Some(resource)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let group = if group == "core" { "" } else { group };
+            let def = defs
+                .entry((group.to_string(), resource.to_string()))
+                .or_insert_with(|| registry.get_any_version(group, resource))
+                .clone();
+            let (Some(def), Ok(obj)) = (def, serde_json::from_slice::<Value>(&kv.value)) else {
+                continue;
+            };
+            items.push(Item { def, obj });
+        }
+        match resp.kvs.last() {
+            Some(last) if resp.more => start = format!("{}\0", last.key),
+            _ => break,
+        }
+    }
     let mut dependents: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         for uid in owner_uids(&item.obj) {
@@ -607,5 +632,5 @@ async fn gc_pass(
             }
         }
     }
-    Ok((resp.revision, dependents.into_keys().collect()))
+    Ok((revision, dependents.into_keys().collect()))
 }
