@@ -11,6 +11,7 @@
 //!
 //! `store`: the hub's storage layer (`atoll-store`) on its own; see `store.rs`.
 
+mod hub_api;
 mod mcs;
 mod store;
 mod stub;
@@ -111,6 +112,22 @@ enum Bench {
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
     },
+    /// Atoll's API server against kube-apiserver 1.20 + etcd: create throughput, list and
+    /// watch latency, memory.
+    HubApi {
+        /// ConfigMaps created for each throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        creates: usize,
+        /// Objects listed (and held while memory is read).
+        #[arg(long, default_value_t = 10000)]
+        objects: usize,
+        /// Concurrent watchers.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+    },
     /// Txn throughput, range latency and watch fan-out of the storage backends.
     Store {
         /// Backends, measured one after the other in this run.
@@ -182,6 +199,20 @@ async fn main() -> anyhow::Result<()> {
             works,
             atoll,
         } => work::work_latency(members, samples, works, atoll).await,
+        Bench::HubApi {
+            creates,
+            objects,
+            watchers,
+            atoll,
+        } => {
+            hub_api::run(hub_api::Options {
+                creates,
+                objects,
+                watchers,
+                atoll,
+            })
+            .await
+        }
         Bench::Store {
             backends,
             writers,

@@ -47,6 +47,10 @@ enum Command {
     /// Serve `clusterset.local` (Multi-Cluster Services DNS) from a cluster's ServiceImports
     /// and EndpointSlices, over UDP and TCP, until SIGTERM or SIGINT.
     Dns(cmd::dns::Args),
+    /// Run Atoll's hub: a Kubernetes-compatible API server with an embedded store, in one
+    /// process. Writes an admin kubeconfig to `<data-dir>/admin.kubeconfig`.
+    #[command(alias = "up")]
+    Hub(cmd::hub::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => {
             runtime()?.block_on(cmd::pull::agent(args, cmd::pull::agent_tasks()))
         }
+        Command::Hub(args) => runtime()?.block_on(cmd::hub::run(args)),
     }
 }
 

@@ -1,0 +1,259 @@
+//! Label selectors (every operator: `=`, `==`, `!=`, `in`, `notin`, exists, `!` not-exists)
+//! and field selectors on `metadata.name` and `metadata.namespace`.
+
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// A parsed label selector; empty matches everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector {
+    requirements: Vec<Requirement>,
+}
+
+/// Splits on commas outside parentheses.
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+fn parse_set(rest: &str, raw: &str) -> Result<Vec<String>, ApiError> {
+    let rest = rest.trim();
+    let Some(open) = rest.strip_prefix('(') else {
+        let token = rest.split([' ', ',', ')']).next().unwrap_or_default();
+        return Err(ApiError::bad_request(format!(
+            "unable to parse requirement: found '{token}' expected: '('"
+        )));
+    };
+    let inner = open
+        .strip_suffix(')')
+        .ok_or_else(|| bad_selector(raw, "expected: ')'"))?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
+}
+
+fn bad_selector(raw: &str, why: &str) -> ApiError {
+    ApiError::bad_request(format!("unable to parse requirement: {raw:?}: {why}"))
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+impl LabelSelector {
+    /// Parses the `labelSelector` query parameter.
+    pub fn parse(raw: &str) -> Result<LabelSelector, ApiError> {
+        let mut requirements = Vec::new();
+        for part in split_top_level(raw) {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let req = if let Some(key) = part.strip_prefix('!') {
+                Requirement::NotExists(key.trim().to_string())
+            } else if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().to_string(), v.trim().to_string())
+            } else if let Some((k, v)) = part.split_once("==") {
+                Requirement::Equals(k.trim().to_string(), v.trim().to_string())
+            } else if let Some((k, v)) = part.split_once('=') {
+                Requirement::Equals(k.trim().to_string(), v.trim().to_string())
+            } else if let Some(idx) = part.find(" notin ") {
+                Requirement::NotIn(
+                    part[..idx].trim().to_string(),
+                    parse_set(&part[idx + 7..], part)?,
+                )
+            } else if let Some(idx) = part.find(" in ") {
+                Requirement::In(
+                    part[..idx].trim().to_string(),
+                    parse_set(&part[idx + 4..], part)?,
+                )
+            } else {
+                Requirement::Exists(part.to_string())
+            };
+            let key = match &req {
+                Requirement::Equals(k, _)
+                | Requirement::NotEquals(k, _)
+                | Requirement::In(k, _)
+                | Requirement::NotIn(k, _)
+                | Requirement::Exists(k)
+                | Requirement::NotExists(k) => k,
+            };
+            if !valid_key(key) {
+                return Err(bad_selector(part, "invalid label key"));
+            }
+            requirements.push(req);
+        }
+        Ok(LabelSelector { requirements })
+    }
+
+    /// Whether the selector is empty.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    /// Whether an object's labels match.
+    pub fn matches(&self, obj: &Value) -> bool {
+        let labels = obj.pointer("/metadata/labels");
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.requirements.iter().all(|r| match r {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => get(k).is_none_or(|l| vs.iter().all(|v| v != l)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
+        })
+    }
+}
+
+/// A parsed field selector over `metadata.name` and `metadata.namespace`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector {
+    /// (field, value, equal?)
+    terms: Vec<(String, String, bool)>,
+}
+
+impl FieldSelector {
+    /// Parses the `fieldSelector` query parameter.
+    pub fn parse(raw: &str) -> Result<FieldSelector, ApiError> {
+        let mut terms = Vec::new();
+        for part in raw.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (field, value, equal) = if let Some((f, v)) = part.split_once("!=") {
+                (f, v, false)
+            } else if let Some((f, v)) = part.split_once("==") {
+                (f, v, true)
+            } else if let Some((f, v)) = part.split_once('=') {
+                (f, v, true)
+            } else {
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{raw}'; can't understand '{part}'"
+                )));
+            };
+            let field = field.trim();
+            if field != "metadata.name" && field != "metadata.namespace" {
+                return Err(ApiError::bad_request(format!(
+                    "{field:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                )));
+            }
+            terms.push((field.to_string(), value.trim().to_string(), equal));
+        }
+        Ok(FieldSelector { terms })
+    }
+
+    /// Whether the selector is empty.
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// The name an equality term pins, which lets a list read a single key.
+    pub fn pinned_name(&self) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|(f, _, eq)| f == "metadata.name" && *eq)
+            .map(|(_, v, _)| v.as_str())
+    }
+
+    /// Whether an object matches.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.terms.iter().all(|(field, value, equal)| {
+            let actual = match field.as_str() {
+                "metadata.name" => obj.pointer("/metadata/name"),
+                _ => obj.pointer("/metadata/namespace"),
+            }
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+            (actual == value) == *equal
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_label_operator_matches_as_kubernetes() -> Result<(), ApiError> {
+        let obj = json!({"metadata": {"name": "a", "namespace": "n", "labels": {"app": "web", "tier": "front"}}});
+        let yes = [
+            "app=web",
+            "app==web",
+            "app!=db",
+            "app in (web,db)",
+            "tier notin (back)",
+            "app",
+            "!missing",
+            "app=web,tier in (front)",
+            "missing notin (x)",
+            "",
+        ];
+        for s in yes {
+            assert!(LabelSelector::parse(s)?.matches(&obj), "{s} should match");
+        }
+        let no = [
+            "app=db",
+            "app!=web",
+            "app in (db)",
+            "tier notin (front)",
+            "missing",
+            "!app",
+            "missing in (x)",
+        ];
+        for s in no {
+            assert!(
+                !LabelSelector::parse(s)?.matches(&obj),
+                "{s} should not match"
+            );
+        }
+        assert!(LabelSelector::parse("a in b").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn field_selectors_cover_name_and_namespace() -> Result<(), ApiError> {
+        let obj = json!({"metadata": {"name": "a", "namespace": "n"}});
+        assert!(FieldSelector::parse("metadata.name=a")?.matches(&obj));
+        assert!(FieldSelector::parse("metadata.namespace!=m,metadata.name==a")?.matches(&obj));
+        assert!(!FieldSelector::parse("metadata.name!=a")?.matches(&obj));
+        assert_eq!(
+            FieldSelector::parse("metadata.name=a")?.pinned_name(),
+            Some("a")
+        );
+        assert!(FieldSelector::parse("spec.x=1").is_err());
+        Ok(())
+    }
+}

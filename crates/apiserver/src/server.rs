@@ -1,0 +1,666 @@
+//! The HTTP surface: authentication, authorization, and dispatch of every request to the meta
+//! endpoints, discovery, OpenAPI, or the generic resource layer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::auth::{Authn, ConnectionIdentity, TokenTable, UserInfo, authenticate};
+use crate::error::ApiError;
+use crate::http_util::{json_response, text_response};
+use crate::registry::{Registry, ResourceDef};
+use crate::request::{Query, RequestTarget, ResourceRequest, parse_target};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::storage::{DeleteOptions, Deleted, ListOptions, Propagation, Storage, WatchOptions};
+use crate::{discovery, openapi, rbac, schema, table};
+
+/// The largest request body accepted, as kube-apiserver's limit.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The generic resource layer.
+    pub storage: Storage,
+    /// What is served.
+    pub registry: Registry,
+    /// Static bearer tokens.
+    pub tokens: TokenTable,
+    /// Whether the server is ready (false while starting and once shutting down).
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The router: one handler reads every path as kube-apiserver reads it.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match handle_inner(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    response
+}
+
+async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let user = match authenticate(
+        req.extensions().get::<ConnectionIdentity>(),
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        &state.tokens,
+    ) {
+        Authn::User(user) => user,
+        Authn::Invalid => return Err(ApiError::unauthorized()),
+    };
+    let user = crate::reviews::impersonate(&state.storage, user, req.headers()).await?;
+    let query = Query::parse(req.uri().query());
+    let path = req.uri().path().to_string();
+    let target = parse_target(req.method(), &path, &query);
+    if !rbac::authorize(&state.storage, &user, &target).await? {
+        return Err(rbac::denied(&user, &target));
+    }
+    match target {
+        RequestTarget::NonResource { path, verb } => {
+            if verb != "get" {
+                return Err(ApiError::method_not_allowed());
+            }
+            non_resource(state, &path, req.headers()).await
+        }
+        RequestTarget::Resource(r) => resource(state, r, &query, &user, req).await,
+    }
+}
+
+async fn non_resource(
+    state: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let ready = state.ready.load(std::sync::atomic::Ordering::Relaxed);
+    match path {
+        "/healthz" | "/livez" | "/healthz/ping" | "/livez/ping" => {
+            Ok(text_response(StatusCode::OK, "ok"))
+        }
+        "/readyz" | "/readyz/ping" => {
+            if ready {
+                Ok(text_response(StatusCode::OK, "ok"))
+            } else {
+                Ok(text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "[-]atoll-ready failed: not ready\nreadyz check failed",
+                ))
+            }
+        }
+        "/version" | "/version/" => Ok(json_response(StatusCode::OK, &version_info())),
+        "/api" | "/api/" => Ok(json_response(StatusCode::OK, &discovery::api_versions())),
+        "/apis" | "/apis/" => Ok(json_response(
+            StatusCode::OK,
+            &discovery::group_list(&state.registry),
+        )),
+        "/openapi/v3" | "/openapi/v3/" => Ok(json_response(
+            StatusCode::OK,
+            &openapi::v3_root(&state.registry),
+        )),
+        "/openapi/v2" | "/swagger.json" => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if accept.contains("protobuf") && !accept.contains("json") {
+                return Err(ApiError::not_acceptable(
+                    "only application/json is served for /openapi/v2",
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &openapi::v2(&state.registry)))
+        }
+        _ => {
+            if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+                return openapi::v3_group_version(&state.registry, gv)
+                    .map(|doc| json_response(StatusCode::OK, &doc))
+                    .ok_or_else(ApiError::path_not_found);
+            }
+            let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+            match parts.as_slice() {
+                ["api", version] => discovery::resource_list(&state.registry, "", version)
+                    .map(|d| json_response(StatusCode::OK, &d))
+                    .ok_or_else(ApiError::path_not_found),
+                ["apis", group] => discovery::group(&state.registry, group)
+                    .map(|d| json_response(StatusCode::OK, &d))
+                    .ok_or_else(ApiError::path_not_found),
+                ["apis", group, version] => {
+                    discovery::resource_list(&state.registry, group, version)
+                        .map(|d| json_response(StatusCode::OK, &d))
+                        .ok_or_else(ApiError::path_not_found)
+                }
+                _ => Err(ApiError::path_not_found()),
+            }
+        }
+    }
+}
+
+/// `/version`: the Kubernetes version whose API this server follows.
+pub fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": "v1.32.0+atoll",
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let protobuf = content_type.contains("protobuf");
+    if content_type.contains("cbor") {
+        return Err(ApiError::unsupported_media_type(&[
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf",
+        ]));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY_BYTES))?;
+    if protobuf && crate::protobuf::is_protobuf(&bytes) {
+        // Typed client-go clients send protobuf for built-in kinds; the server works on JSON.
+        let obj = crate::protobuf::decode(&bytes)?;
+        let json = serde_json::to_vec(&obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((parts.headers, Bytes::from(json)));
+    }
+    Ok((parts.headers, bytes))
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    serde_json::from_slice(bytes)
+        .or_else(|_| serde_saphyr::from_slice::<Value>(bytes))
+        .map_err(|e| {
+            ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+        })
+}
+
+fn dry_run(query: &Query) -> Result<bool, ApiError> {
+    match query.get("dryRun") {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
+/// The `fieldValidation` directive; kube-apiserver's default is Warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+fn field_validation(query: &Query) -> Result<FieldValidation, ApiError> {
+    match query.get("fieldValidation") {
+        None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+        ))),
+    }
+}
+
+/// Applies `fieldValidation` to a custom resource body; returns warnings.
+fn check_unknown_fields(
+    def: &ResourceDef,
+    obj: &Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let mut unknown = crate::strategy::unknown_fields(def, obj);
+    if let Some(schema) = def.schema.as_ref().filter(|_| def.custom) {
+        unknown.extend(schema::unknown_fields(schema, obj));
+    }
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    let messages: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    if mode == FieldValidation::Strict {
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            messages.join(", ")
+        )));
+    }
+    Ok(messages)
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn list_options(query: &Query) -> Result<ListOptions, ApiError> {
+    Ok(ListOptions {
+        label_selector: LabelSelector::parse(query.get("labelSelector").unwrap_or_default())?,
+        field_selector: FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())?,
+        limit: match query.non_empty("limit") {
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
+                .max(0) as usize,
+            None => 0,
+        },
+        continue_token: query.non_empty("continue").map(str::to_string),
+        resource_version: query.non_empty("resourceVersion").map(str::to_string),
+        resource_version_match: query.non_empty("resourceVersionMatch").map(str::to_string),
+    })
+}
+
+fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let policy = body
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .or_else(|| query.non_empty("propagationPolicy"));
+    let orphan = body
+        .get("orphanDependents")
+        .and_then(Value::as_bool)
+        .or_else(|| query.get("orphanDependents").map(|v| v == "true"));
+    let propagation = match (policy, orphan) {
+        (Some("Foreground"), _) => Propagation::Foreground,
+        (Some("Background"), _) => Propagation::Background,
+        (Some("Orphan"), _) | (None, Some(true)) => Propagation::Orphan,
+        (None, _) => Propagation::Background,
+        (Some(other), _) => {
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "",
+                "",
+                vec![crate::error::Cause::not_supported(
+                    "propagationPolicy",
+                    &json!(other),
+                    &["Foreground".into(), "Background".into(), "Orphan".into()],
+                )],
+            ));
+        }
+    };
+    let body_dry_run = body
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|v| v == "All"));
+    Ok(DeleteOptions {
+        precondition_uid: body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        precondition_rv: body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        propagation,
+        dry_run: body_dry_run || dry_run(query)?,
+    })
+}
+
+/// The patch types kube-apiserver accepts, by content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+const CUSTOM_PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/apply-patch+yaml",
+];
+
+fn patch_type(headers: &HeaderMap, def: &ResourceDef) -> Result<PatchType, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media = ct.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" if !def.custom => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchType::Apply),
+        "application/strategic-merge-patch+json" => {
+            Err(ApiError::unsupported_media_type(CUSTOM_PATCH_TYPES))
+        }
+        _ => Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: "415: Unsupported Media Type".into(),
+            details: None,
+        }),
+    }
+}
+
+/// Drops strategic-merge-patch directives (`$patch`, `$setElementOrder/...`,
+/// `$retainKeys`, `$deleteFromPrimitiveList/...`). The built-in kinds served here have no list
+/// with a merge key that clients patch, so the rest of a strategic merge patch is a merge patch.
+fn strip_directives(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|k, _| !k.starts_with('$'));
+            for child in map.values_mut() {
+                strip_directives(child);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                strip_directives(item);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+    let mut doc = current.clone();
+    match kind {
+        PatchType::Json => {
+            let patch: json_patch::Patch = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as a JSON patch: {e}"
+                ))
+            })?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                tracing::debug!(error = %e, "JSON patch failed");
+                // kube-apiserver's generic wording for a patch that does not apply.
+                ApiError {
+                    code: 422,
+                    reason: "Invalid",
+                    message: "the server rejected our request due to an error in our request"
+                        .into(),
+                    details: None,
+                }
+            })?;
+        }
+        PatchType::Merge | PatchType::Apply => {
+            let patch = parse_json(body)?;
+            json_patch::merge(&mut doc, &patch);
+        }
+        PatchType::Strategic => {
+            let mut patch = parse_json(body)?;
+            strip_directives(&mut patch);
+            json_patch::merge(&mut doc, &patch);
+        }
+    }
+    Ok(doc)
+}
+
+async fn resource(
+    state: &AppState,
+    r: ResourceRequest,
+    query: &Query,
+    _user: &UserInfo,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(def) = state.registry.get(&r.group, &r.version, &r.resource) else {
+        return Err(ApiError::path_not_found());
+    };
+    let is_namespace_kind = r.group.is_empty() && r.resource == "namespaces";
+    // The namespace a namespaced object lives in; a Namespace's own name is not one.
+    let namespace = if def.namespaced {
+        r.namespace.clone()
+    } else {
+        if r.namespace.is_some() && !is_namespace_kind {
+            return Err(ApiError::path_not_found());
+        }
+        None
+    };
+    match r.subresource.as_deref() {
+        None => {}
+        Some("status") if def.status_subresource => {}
+        Some("finalize") if is_namespace_kind => {}
+        Some(_) => return Err(ApiError::path_not_found()),
+    }
+    if def.namespaced
+        && namespace.is_none()
+        && matches!(r.verb, "get" | "create" | "update" | "patch" | "delete")
+    {
+        return Err(ApiError::path_not_found());
+    }
+    if r.subresource.is_some() && !matches!(r.verb, "get" | "update" | "patch") {
+        return Err(ApiError::method_not_allowed());
+    }
+    if def.review {
+        if r.verb != "create" {
+            return Err(ApiError::method_not_allowed());
+        }
+        let (_, body) = read_body(req).await?;
+        let answer =
+            crate::reviews::answer(&state.storage, &def, _user, parse_json(&body)?).await?;
+        return Ok(json_response(StatusCode::CREATED, &answer));
+    }
+    let table = wants_table(req.headers());
+    let include_object = query.get("includeObject").unwrap_or("Metadata").to_string();
+    let ns = namespace.as_deref();
+    let name = r.name.clone().unwrap_or_default();
+    let storage = &state.storage;
+    match r.verb {
+        "get" => {
+            let obj = storage
+                .get(&def, ns, &name, query.non_empty("resourceVersion"))
+                .await?;
+            if table {
+                let list = json!({"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "items": [obj]});
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_table(&def, &list, &include_object),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        "list" => {
+            let list = storage.list(&def, ns, &list_options(query)?).await?;
+            if table {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_table(&def, &list, &include_object),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        "watch" => {
+            let mut field = query.get("fieldSelector").unwrap_or_default().to_string();
+            if let Some(name) = &r.name {
+                if !field.is_empty() {
+                    field.push(',');
+                }
+                field.push_str(&format!("metadata.name={name}"));
+            }
+            let timeout = query
+                .non_empty("timeoutSeconds")
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let opts = WatchOptions {
+                label_selector: LabelSelector::parse(
+                    query.get("labelSelector").unwrap_or_default(),
+                )?,
+                field_selector: FieldSelector::parse(&field)?,
+                resource_version: query.non_empty("resourceVersion").map(str::to_string),
+                allow_bookmarks: query.flag("allowWatchBookmarks"),
+                timeout,
+            };
+            let events = storage.watch(def.clone(), ns, opts).await?;
+            let table_def = def.clone();
+            let body = events.map(move |ev| {
+                let mut line = ev.to_json();
+                if table
+                    && let Some(obj) = line.get("object").cloned()
+                    && line["type"] != "ERROR"
+                    && line["type"] != "BOOKMARK"
+                {
+                    line["object"] = table::to_table(
+                        &table_def,
+                        &json!({"metadata": {}, "items": [obj]}),
+                        "Object",
+                    );
+                }
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                Ok::<_, Infallible>(Bytes::from(bytes))
+            });
+            let mut resp = Response::new(Body::from_stream(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache, private"),
+            );
+            Ok(resp)
+        }
+        "create" => {
+            let dry = dry_run(query)?;
+            let validation = field_validation(query)?;
+            let (_, body) = read_body(req).await?;
+            let obj = parse_json(&body)?;
+            let warnings = check_unknown_fields(&def, &obj, validation)?;
+            let created = storage.create(&def, ns, obj, dry).await?;
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, &created),
+                &warnings,
+            ))
+        }
+        "update" => {
+            let dry = dry_run(query)?;
+            let validation = field_validation(query)?;
+            let (_, body) = read_body(req).await?;
+            let obj = parse_json(&body)?;
+            let warnings = check_unknown_fields(&def, &obj, validation)?;
+            let updated = storage
+                .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |_| {
+                    Ok(obj.clone())
+                })
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &updated),
+                &warnings,
+            ))
+        }
+        "patch" => {
+            let dry = dry_run(query)?;
+            let validation = field_validation(query)?;
+            let (headers, body) = read_body(req).await?;
+            let kind = patch_type(&headers, &def)?;
+            let mut warnings = Vec::new();
+            let result = storage
+                .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
+                    let patched = apply_patch(current, kind, &body)?;
+                    warnings = check_unknown_fields(&def, &patched, validation)?;
+                    Ok(patched)
+                })
+                .await;
+            match result {
+                Ok(obj) => Ok(with_warnings(
+                    json_response(StatusCode::OK, &obj),
+                    &warnings,
+                )),
+                // Server-side apply creates what does not exist yet.
+                Err(e) if e.code == 404 && kind == PatchType::Apply && r.subresource.is_none() => {
+                    let mut obj = parse_json(&body)?;
+                    crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
+                    let warnings = check_unknown_fields(&def, &obj, validation)?;
+                    let created = storage.create(&def, ns, obj, dry).await?;
+                    Ok(with_warnings(
+                        json_response(StatusCode::CREATED, &created),
+                        &warnings,
+                    ))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "delete" => {
+            let (_, body) = read_body(req).await?;
+            let opts = delete_options(query, &body)?;
+            match storage.delete(&def, ns, &name, &opts).await? {
+                Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
+                Deleted::Gone(obj) => {
+                    let mut details = json!({
+                        "name": name,
+                        "kind": def.resource,
+                        "uid": obj["metadata"]["uid"],
+                    });
+                    if !def.group.is_empty() {
+                        details["group"] = json!(def.group);
+                    }
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Success",
+                            "details": details,
+                        }),
+                    ))
+                }
+            }
+        }
+        "deletecollection" => {
+            let list = list_options(query)?;
+            let (_, body) = read_body(req).await?;
+            let opts = delete_options(query, &body)?;
+            let deleted = storage.delete_collection(&def, ns, &list, &opts).await?;
+            Ok(json_response(StatusCode::OK, &deleted))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}

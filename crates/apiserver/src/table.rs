@@ -1,0 +1,356 @@
+//! `kubectl get` output: meta.k8s.io/v1 Table answers, with a CRD's additionalPrinterColumns
+//! or built-in columns, and ages rendered as kube-apiserver renders them.
+
+use serde_json::{Value, json};
+
+use crate::registry::{PrinterColumn, ResourceDef};
+
+/// kube's `duration.HumanDuration`.
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = seconds / 3600;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let dy = (hours / 24) % 365;
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+fn age(timestamp: Option<&str>) -> String {
+    let Some(ts) = timestamp.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
+        return "<unknown>".into();
+    };
+    human_duration(jiff::Timestamp::now().as_second() - ts.as_second())
+}
+
+/// Evaluates the simple JSONPath forms printer columns use: `.a.b`, `.a[0].b`, `.a[*].b`
+/// and `.a[?(@.type=="Ready")].status`.
+pub fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
+    let mut current: Vec<&Value> = vec![obj];
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let field = &r[..end];
+            current = current.into_iter().filter_map(|v| v.get(field)).collect();
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let Some(close) = r.find(']') else {
+                return Vec::new();
+            };
+            let inner = &r[..close];
+            rest = &r[close + 1..];
+            if inner == "*" {
+                current = current
+                    .into_iter()
+                    .flat_map(|v| {
+                        v.as_array()
+                            .map(|a| a.iter().collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+            } else if let Ok(i) = inner.parse::<usize>() {
+                current = current.into_iter().filter_map(|v| v.get(i)).collect();
+            } else if let Some(filter) =
+                inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')'))
+            {
+                let Some((field, value)) = filter.split_once("==") else {
+                    return Vec::new();
+                };
+                let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+                let field = field.trim();
+                current = current
+                    .into_iter()
+                    .flat_map(|v| {
+                        v.as_array()
+                            .map(|a| a.iter().collect::<Vec<_>>())
+                            .unwrap_or_default()
+                    })
+                    .filter(|item| {
+                        item.get(field).is_some_and(|f| match f {
+                            Value::String(s) => s == value,
+                            other => {
+                                serde_json::from_str::<Value>(value).ok().as_ref() == Some(other)
+                            }
+                        })
+                    })
+                    .collect();
+            } else {
+                return Vec::new();
+            }
+        } else {
+            return Vec::new();
+        }
+    }
+    current
+}
+
+fn cell(obj: &Value, col: &PrinterColumn) -> Value {
+    let values = json_path(obj, &col.json_path);
+    let Some(first) = values.first() else {
+        return Value::Null;
+    };
+    if col.type_ == "date" {
+        return json!(age(first.as_str()));
+    }
+    if values.len() > 1 {
+        let joined: Vec<String> = values
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect();
+        return json!(joined.join(","));
+    }
+    match (col.type_.as_str(), first) {
+        ("string", Value::String(_))
+        | ("integer", Value::Number(_))
+        | ("number", Value::Number(_))
+        | ("boolean", Value::Bool(_)) => (*first).clone(),
+        ("string", other) => json!(other.to_string()),
+        (_, other) => (*other).clone(),
+    }
+}
+
+fn count(v: Option<&Value>) -> usize {
+    v.and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)
+}
+
+fn col(name: &str, type_: &str, description: &str) -> Value {
+    json!({ "name": name, "type": type_, "format": "", "description": description, "priority": 0 })
+}
+
+/// The columns after NAME and their cells, for built-in kinds.
+/// Computes a row's cells after NAME.
+type Cells = Box<dyn Fn(&Value) -> Vec<Value>>;
+
+fn builtin_columns(def: &ResourceDef) -> (Vec<Value>, Cells) {
+    let created = |o: &Value| {
+        o.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    match (def.group.as_str(), def.kind.as_str()) {
+        ("", "ConfigMap") => (
+            vec![
+                col("Data", "integer", "Number of data entries"),
+                col("Age", "string", "CreationTimestamp"),
+            ],
+            Box::new(move |o| {
+                vec![
+                    json!(count(o.get("data")) + count(o.get("binaryData"))),
+                    json!(age(created(o).as_deref())),
+                ]
+            }),
+        ),
+        ("", "Secret") => (
+            vec![
+                col("Type", "string", "The type of the secret"),
+                col("Data", "integer", "Number of data entries"),
+                col("Age", "string", "CreationTimestamp"),
+            ],
+            Box::new(move |o| {
+                vec![
+                    o.get("type").cloned().unwrap_or(json!("")),
+                    json!(count(o.get("data"))),
+                    json!(age(created(o).as_deref())),
+                ]
+            }),
+        ),
+        ("", "Namespace") => (
+            vec![
+                col("Status", "string", "The status of the namespace"),
+                col("Age", "string", "CreationTimestamp"),
+            ],
+            Box::new(move |o| {
+                vec![
+                    o.pointer("/status/phase").cloned().unwrap_or(json!("")),
+                    json!(age(created(o).as_deref())),
+                ]
+            }),
+        ),
+        ("", "ServiceAccount") => (
+            vec![
+                col("Secrets", "string", "Number of secrets"),
+                col("Age", "string", "CreationTimestamp"),
+            ],
+            Box::new(move |o| {
+                vec![
+                    json!(
+                        o.get("secrets")
+                            .and_then(Value::as_array)
+                            .map(Vec::len)
+                            .unwrap_or(0)
+                    ),
+                    json!(age(created(o).as_deref())),
+                ]
+            }),
+        ),
+        ("coordination.k8s.io", "Lease") => (
+            vec![
+                col("Holder", "string", "The holder of the lease"),
+                col("Age", "string", "CreationTimestamp"),
+            ],
+            Box::new(move |o| {
+                vec![
+                    o.pointer("/spec/holderIdentity")
+                        .cloned()
+                        .unwrap_or(json!("")),
+                    json!(age(created(o).as_deref())),
+                ]
+            }),
+        ),
+        ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", _) => (
+            vec![col("Created At", "date", "CreationTimestamp")],
+            Box::new(move |o| vec![json!(created(o).unwrap_or_default())]),
+        ),
+        _ => (
+            vec![col("Age", "string", "CreationTimestamp")],
+            Box::new(move |o| vec![json!(age(created(o).as_deref()))]),
+        ),
+    }
+}
+
+/// A Table of the objects in `list` (a list, or one object wrapped as a one-item list).
+pub fn to_table(def: &ResourceDef, list: &Value, include_object: &str) -> Value {
+    let mut columns = vec![json!({
+        "name": "Name", "type": "string", "format": "name", "priority": 0,
+        "description": "Name must be unique within a namespace.",
+    })];
+    let cells: Cells = if def.custom && !def.printer_columns.is_empty() {
+        for c in &def.printer_columns {
+            columns.push(json!({
+                "name": c.name, "type": if c.type_ == "date" { "date" } else { c.type_.as_str() },
+                "format": "", "description": c.description, "priority": c.priority,
+            }));
+        }
+        let cols = def.printer_columns.clone();
+        Box::new(move |o| cols.iter().map(|c| cell(o, c)).collect())
+    } else {
+        let (extra, f) = builtin_columns(def);
+        columns.extend(extra);
+        f
+    };
+    let rows: Vec<Value> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|obj| {
+                    let mut row_cells =
+                        vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+                    row_cells.extend(cells(obj));
+                    let object = match include_object {
+                        "None" => Value::Null,
+                        "Object" => obj.clone(),
+                        _ => json!({
+                            "kind": "PartialObjectMetadata",
+                            "apiVersion": "meta.k8s.io/v1",
+                            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+                        }),
+                    };
+                    json!({ "cells": row_cells, "object": object })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut metadata = json!({});
+    if let Some(rv) = list.pointer("/metadata/resourceVersion") {
+        metadata["resourceVersion"] = rv.clone();
+    }
+    if let Some(c) = list.pointer("/metadata/continue") {
+        metadata["continue"] = c.clone();
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": columns,
+        "rows": rows,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m5s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(100 * 86400), "100d");
+    }
+
+    #[test]
+    fn json_paths_cover_printer_column_forms() {
+        let obj = json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "Ready", "status": "True"}]}, "spec": {"n": 3}});
+        assert_eq!(json_path(&obj, ".spec.n"), vec![&json!(3)]);
+        assert_eq!(
+            json_path(&obj, ".status.conditions[?(@.type==\"Ready\")].status"),
+            vec![&json!("True")]
+        );
+        assert_eq!(
+            json_path(&obj, ".status.conditions[0].type"),
+            vec![&json!("A")]
+        );
+        assert_eq!(json_path(&obj, ".status.conditions[*].type").len(), 2);
+        assert!(json_path(&obj, ".missing.x").is_empty());
+    }
+}
