@@ -18,7 +18,7 @@
 //! - `dns-version.<zone>` TXT, and SOA/NS at the apex.
 //!
 //! The DNS semantics live in [`model`], pure and tested without a network; [`server`] puts
-//! them on UDP and TCP with hickory-server; [`feed`] fills the model from kube-runtime
+//! them on UDP (several `SO_REUSEPORT` sockets) and TCP (hickory-server); [`feed`] fills the model from kube-runtime
 //! watchers. [`run`] wires the three together for `atoll dns`.
 //!
 //! # Invariants

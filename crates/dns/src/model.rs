@@ -27,6 +27,7 @@
 //! with records or with existing descendants exist, an NXDOMAIN never hides an existing
 //! descendant (RFC 8020).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{PoisonError, RwLock};
@@ -147,7 +148,13 @@ impl ZoneConfig {
         }
         let labels = lowercase_labels(&self.ns_name)?;
         let below = labels.len().checked_sub(label_count(&self.zone))?;
-        (below > 0).then(|| labels.into_iter().take(below).collect())
+        (below > 0).then(|| {
+            labels
+                .into_iter()
+                .take(below)
+                .map(Cow::into_owned)
+                .collect()
+        })
     }
 }
 
@@ -394,7 +401,7 @@ impl Model {
         let node = match &labels {
             Some(labels) => {
                 let below = labels.len().saturating_sub(label_count(&self.config.zone));
-                let mut relative: Vec<&str> = labels[..below].iter().map(String::as_str).collect();
+                let mut relative: Vec<&str> = labels[..below].iter().map(Cow::as_ref).collect();
                 relative.reverse();
                 self.resolve(&state, &relative)
             }
@@ -817,9 +824,18 @@ fn label(s: &str) -> Option<Label> {
     }
 }
 
-fn lowercase_labels(name: &Name) -> Option<Vec<String>> {
+/// The labels of `name`, leaf first, lowercased; borrowed when already lowercase (queries
+/// usually are), so answering a query does not copy every label.
+fn lowercase_labels(name: &Name) -> Option<Vec<Cow<'_, str>>> {
     name.iter()
-        .map(|l| std::str::from_utf8(l).ok().map(str::to_ascii_lowercase))
+        .map(|label| {
+            let label = std::str::from_utf8(label).ok()?;
+            Some(if label.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(label.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(label)
+            })
+        })
         .collect()
 }
 

@@ -1,5 +1,12 @@
-//! The model on the wire: a hickory-server [`Server`] over UDP and TCP on one address, with a
-//! [`RequestHandler`] that asks the [`Model`].
+//! The model on the wire: UDP and TCP on one address, with a [`RequestHandler`] that asks the
+//! [`Model`].
+//!
+//! TCP is hickory-server's [`Server`]. UDP is several sockets bound to the same address with
+//! `SO_REUSEPORT` (one per available core, at least two), so the kernel spreads queries over
+//! them, each served by its own task that receives, answers and sends in turn. hickory's own
+//! UDP loop spawns a task per query and passes every response through a channel back to the
+//! receiving task; under load that costs more in wake-ups, task switches and allocation than
+//! answering does (BENCHMARKS.md, "DNS"), and the answer here never waits on anything.
 //!
 //! The handler is a `RequestHandler` rather than a `ZoneHandler` behind hickory's `Catalog`
 //! because the model already decides everything a catalog would (zone membership, NXDOMAIN
@@ -18,15 +25,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -41,26 +51,52 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// Attempts at finding a port free for both UDP and TCP when asked for port 0.
 const BIND_ATTEMPTS: usize = 32;
+/// The largest UDP query read; anything longer is cut here and answered FORMERR.
+const MAX_UDP_QUERY: usize = 4096;
+/// The size of a DNS header; shorter datagrams are not DNS and get no answer.
+const HEADER_LEN: usize = 12;
 
 /// A DNS server for one [`Model`], bound and ready to [`run`](Self::run).
 pub struct DnsServer {
-    server: Server<Handler>,
+    tcp: Server<Handler>,
+    udp: Vec<UdpSocket>,
+    handler: Arc<Handler>,
     local_addr: SocketAddr,
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP on `listen`. With port 0, both get the same free port.
+    /// Binds TCP and [`default_udp_sockets`] UDP sockets on `listen`. With port 0, all get
+    /// the same free port.
     pub async fn bind(listen: SocketAddr, model: Arc<Model>) -> Result<Self, Error> {
-        let (udp, tcp) = bind_pair(listen).await?;
-        let local_addr = udp.local_addr().map_err(|source| Error::Bind {
-            protocol: "udp",
+        Self::bind_with_udp_sockets(listen, model, default_udp_sockets()).await
+    }
+
+    /// [`bind`](Self::bind) with `udp_sockets` UDP sockets (at least one) sharing the address
+    /// through `SO_REUSEPORT`.
+    ///
+    /// Any other socket on the same address with `SO_REUSEPORT` set, owned by the same user,
+    /// would share the UDP queries too; the TCP listener (without it) makes a second
+    /// `atoll dns` on a taken port fail to bind instead.
+    pub async fn bind_with_udp_sockets(
+        listen: SocketAddr,
+        model: Arc<Model>,
+        udp_sockets: usize,
+    ) -> Result<Self, Error> {
+        let (udp, tcp) = bind_all(listen, udp_sockets.max(1))?;
+        let local_addr = tcp.local_addr().map_err(|source| Error::Bind {
+            protocol: "tcp",
             addr: listen,
             source,
         })?;
-        let mut server = Server::new(Handler { model });
-        server.register_socket(udp);
+        let handler = Arc::new(Handler { model });
+        let mut server = Server::new(Handler::clone(&handler));
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-        Ok(Self { server, local_addr })
+        Ok(Self {
+            tcp: server,
+            udp,
+            handler,
+            local_addr,
+        })
     }
 
     /// The bound address (UDP and TCP).
@@ -68,22 +104,172 @@ impl DnsServer {
         self.local_addr
     }
 
+    /// How many UDP sockets share the address.
+    pub fn udp_sockets(&self) -> usize {
+        self.udp.len()
+    }
+
     /// Serves until `cancel` fires, then stops accepting, lets in-flight requests finish and
     /// returns `Ok`. Returns an error if a listener fails first.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
-        tokio::select! {
-            result = self.server.block_until_done() => return result.map_err(Error::Serve),
-            () = cancel.cancelled() => {}
+        let udp_stop = CancellationToken::new();
+        let mut udp_loops = JoinSet::new();
+        for socket in self.udp {
+            udp_loops.spawn(serve_udp(
+                Arc::new(socket),
+                self.handler.clone(),
+                udp_stop.clone(),
+            ));
+        }
+        let failure = tokio::select! {
+            result = self.tcp.block_until_done() => Some(result.map_err(Error::Serve)),
+            Some(result) = udp_loops.join_next() => Some(udp_result(result)),
+            () = cancel.cancelled() => None,
+        };
+        // A UDP loop answers each query before it looks at `udp_stop` again, so stopping
+        // them lets their in-flight requests finish.
+        udp_stop.cancel();
+        let mut udp_outcome = Ok(());
+        while let Some(result) = udp_loops.join_next().await {
+            udp_outcome = udp_outcome.and(udp_result(result));
+        }
+        if let Some(failure) = failure {
+            return failure;
         }
         tracing::info!("DNS server shutting down");
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(Error::Serve)
+        self.tcp.shutdown_gracefully().await.map_err(Error::Serve)?;
+        udp_outcome
     }
 }
 
-async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+/// One UDP socket per available core, at least two: fewer leaves cores idle under load, more
+/// only adds wake-ups.
+pub fn default_udp_sockets() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+fn udp_result(result: Result<Result<(), NetError>, tokio::task::JoinError>) -> Result<(), Error> {
+    match result {
+        Ok(result) => result.map_err(Error::Serve),
+        Err(join) => Err(Error::Serve(NetError::from(format!(
+            "UDP loop failed: {join}"
+        )))),
+    }
+}
+
+/// Receives, answers and sends on one socket until `stop` fires; an error only when the
+/// socket itself fails.
+async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    handler: Arc<Handler>,
+    stop: CancellationToken,
+) -> Result<(), NetError> {
+    let mut buffer = vec![0_u8; MAX_UDP_QUERY];
+    loop {
+        let (len, src) = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(()),
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                // ICMP errors from earlier sends (a client gone) and the like.
+                Err(error) if is_transient(&error) => continue,
+                Err(error) => return Err(NetError::from(error)),
+            },
+        };
+        // Port 0 cannot be answered; nor can a datagram shorter than a header.
+        if src.port() == 0 || src.ip().is_unspecified() || len < HEADER_LEN {
+            continue;
+        }
+        let datagram = &buffer[..len];
+        let responder = UdpResponder {
+            socket: socket.clone(),
+            dst: src,
+        };
+        match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
+            Ok(request) if request.metadata.message_type == MessageType::Response => {
+                // Never answer responses: that would make this a reflector.
+            }
+            Ok(request) => {
+                handler
+                    .handle_request::<_, hickory_server::net::runtime::TokioTime>(
+                        &request, responder,
+                    )
+                    .await;
+            }
+            Err(_) => form_error(datagram, responder).await,
+        }
+    }
+}
+
+/// Whether a UDP socket error concerns one peer or packet rather than the socket.
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+    )
+}
+
+/// FORMERR for a query whose header parses but whose body does not, as hickory-server does.
+async fn form_error(datagram: &[u8], mut responder: UdpResponder) {
+    let Ok(header) = Header::read(&mut BinDecoder::new(datagram)) else {
+        return;
+    };
+    if header.metadata.message_type == MessageType::Response {
+        return;
+    }
+    // No question is echoed: the body did not parse.
+    let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+        return;
+    };
+    let response = MessageResponseBuilder::new(&queries, None)
+        .error_msg(&header.metadata, ResponseCode::FormErr);
+    if let Err(error) = responder.send_response(response).await {
+        tracing::debug!(%error, "sending FORMERR");
+    }
+}
+
+/// Sends one response straight from the task that received the query.
+#[derive(Clone)]
+struct UdpResponder {
+    socket: Arc<UdpSocket>,
+    dst: SocketAddr,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpResponder {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        // The handler sizes the response for the client; this is the last guard.
+        encoder.set_max_size(MAX_UDP_PAYLOAD);
+        let info = response.destructive_emit(&mut encoder)?;
+        self.socket.send_to(&bytes, self.dst).await?;
+        Ok(info)
+    }
+}
+
+/// The TCP listener and `udp_sockets` UDP sockets, all on `listen` (with port 0, on one port
+/// that is free for both protocols).
+fn bind_all(
+    listen: SocketAddr,
+    udp_sockets: usize,
+) -> Result<(Vec<UdpSocket>, TcpListener), Error> {
     let udp_error = |source| Error::Bind {
         protocol: "udp",
         addr: listen,
@@ -96,10 +282,20 @@ async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Error
     };
     let mut attempts = 0;
     loop {
-        let udp = UdpSocket::bind(listen).await.map_err(udp_error)?;
-        let port = udp.local_addr().map_err(udp_error)?.port();
-        match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        let first = reuse_port_udp(listen).map_err(udp_error)?;
+        let port = first.local_addr().map_err(udp_error)?.port();
+        let bound = SocketAddr::new(listen.ip(), port);
+        match std::net::TcpListener::bind(bound)
+            .and_then(|tcp| tcp.set_nonblocking(true).map(|()| tcp))
+            .and_then(TcpListener::from_std)
+        {
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..udp_sockets {
+                    udp.push(reuse_port_udp(bound).map_err(udp_error)?);
+                }
+                return Ok((udp, tcp));
+            }
             // The UDP port is taken over TCP: with port 0, try another.
             Err(e)
                 if listen.port() == 0
@@ -113,7 +309,18 @@ async fn bind_pair(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), Error
     }
 }
 
+/// A UDP socket on `addr` with `SO_REUSEPORT`, ready for tokio.
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Turns requests into [`Model::answer`] calls.
+#[derive(Clone)]
 struct Handler {
     model: Arc<Model>,
 }
@@ -233,19 +440,25 @@ fn fits(
     [answers, authorities, additionals]: [&[Record]; 3],
     limit: u16,
 ) -> bool {
-    let mut buffer = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut buffer);
-    encoder.set_max_size(limit);
-    MessageResponseBuilder::new(queries, edns)
-        .build(
-            metadata,
-            answers.iter(),
-            authorities.iter(),
-            std::iter::empty(),
-            additionals.iter(),
-        )
-        .destructive_emit(&mut encoder)
-        .is_ok_and(|info| !info.truncation)
+    thread_local! {
+        // Every query is measured once at least: reuse one buffer per thread for it.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        let mut encoder = BinEncoder::new(buffer);
+        encoder.set_max_size(limit);
+        MessageResponseBuilder::new(queries, edns)
+            .build(
+                metadata,
+                answers.iter(),
+                authorities.iter(),
+                std::iter::empty(),
+                additionals.iter(),
+            )
+            .destructive_emit(&mut encoder)
+            .is_ok_and(|info| !info.truncation)
+    })
 }
 
 async fn send<'a, R: ResponseHandler>(

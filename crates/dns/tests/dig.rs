@@ -285,3 +285,32 @@ async fn the_server_stops_on_cancel() -> Result<()> {
         .context("server did not stop")???;
     Ok(())
 }
+
+/// Queries from many source ports land on every one of the sockets sharing the port (the
+/// kernel picks one by a hash of the addresses; with 64 ports and 4 sockets the chance that
+/// one socket gets none is about 4 in 10^8), so a socket that did not answer would lose some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_udp_socket_answers() -> Result<()> {
+    let server = Running::start_with_udp_sockets(demo_model()?, 4).await?;
+    let queries = (0..64).map(|_| server.short(&["+notcp", "web.demo.svc.clusterset.local", "A"]));
+    for answer in futures::future::join_all(queries).await {
+        ensure!(answer? == ["10.42.0.1"]);
+    }
+    // TCP is served beside them.
+    ensure!(
+        server
+            .short(&["+tcp", "web.demo.svc.clusterset.local", "A"])
+            .await?
+            == ["10.42.0.1"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_at_least_two_udp_sockets_by_default() -> Result<()> {
+    let model = std::sync::Arc::new(demo_model()?);
+    let server = atoll_dns::DnsServer::bind("127.0.0.1:0".parse()?, model).await?;
+    ensure!(server.udp_sockets() == atoll_dns::server::default_udp_sockets());
+    ensure!(server.udp_sockets() >= 2);
+    Ok(())
+}

@@ -29,6 +29,20 @@ impl Running {
     /// [`start`](Self::start) for a model shared with something else (a feed).
     pub async fn start_shared(model: Arc<Model>) -> Result<Self> {
         let server = DnsServer::bind("127.0.0.1:0".parse()?, model.clone()).await?;
+        Self::run(server, model)
+    }
+
+    /// [`start`](Self::start) with exactly `udp_sockets` UDP sockets on the port.
+    pub async fn start_with_udp_sockets(model: Model, udp_sockets: usize) -> Result<Self> {
+        let model = Arc::new(model);
+        let server =
+            DnsServer::bind_with_udp_sockets("127.0.0.1:0".parse()?, model.clone(), udp_sockets)
+                .await?;
+        anyhow::ensure!(server.udp_sockets() == udp_sockets);
+        Self::run(server, model)
+    }
+
+    fn run(server: DnsServer, model: Arc<Model>) -> Result<Self> {
         let addr = server.local_addr();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(server.run(cancel.clone()));
