@@ -309,6 +309,70 @@ async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Res
     })?;
     assert!(healthy, "edge-1 healthy in pull mode:\n{last}");
 
+    // The agent runs the Work applier with its own confined credentials: a Work on the hub
+    // reaches the member, which the hub never dials.
+    let file = testbed.dir().join("edge.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-hub\n  namespace: default\ndata:\n  mode: pull\n",
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    ok(atoll(
+        hub.kubeconfig_path(),
+        &["apply-work", "edge-1", "-f", &file, "--name", "edge"],
+    )?)?;
+    let delivered = wait_until(60, || {
+        let output = member
+            .kubectl()
+            .args([
+                "get",
+                "configmap",
+                "from-hub",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.data.mode}",
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim() == "pull")
+    })?;
+    assert!(delivered, "the pull agent applied the Work in its member");
+
+    // And the MCS member syncer: an export in the member is published into the cluster's
+    // hub namespace.
+    install_crds_as_the_readme_says(member)?;
+    let mut export = member
+        .kubectl()
+        .args(["apply", "--validate=false", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        export.stdin.as_mut().ok_or("stdin")?,
+        b"apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\nspec:\n  ports:\n  - name: http\n    port: 80\n---\napiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata:\n  name: web\n  namespace: default\n",
+    )?;
+    let exported = export.wait_with_output()?;
+    assert!(exported.status.success(), "{exported:?}");
+    let published = wait_until(90, || {
+        let output = hub
+            .kubectl()
+            .args([
+                "get",
+                "serviceexports",
+                "-n",
+                "atoll-cluster-edge-1",
+                "-o",
+                "name",
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).contains("default.web"))
+    })?;
+    assert!(
+        published,
+        "the pull agent published the member's export to its hub namespace"
+    );
+
     for child in [&mut agent, &mut controller] {
         let signalled = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
