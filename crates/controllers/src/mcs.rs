@@ -73,6 +73,10 @@ async fn follow_profiles(hub: Client, manager_namespace: String) {
                     workers.remove(&name);
                     continue;
                 }
+                // A pull-mode cluster's agent runs its syncer; the hub holds no credentials.
+                if crate::inventory::is_pull_mode(&profile) {
+                    continue;
+                }
                 workers.entry(name.clone()).or_insert_with(|| {
                     debug!(cluster = %name, "MCS: following cluster");
                     Worker(tokio::spawn(member_worker(

@@ -64,13 +64,7 @@ pub async fn run(
                     continue;
                 }
                 // A pull-mode cluster's agent runs its applier; the hub holds no credentials.
-                let pull = profile
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(atoll_api::cluster_profile::LABEL_MODE))
-                    .is_some_and(|m| m == atoll_api::cluster_profile::MODE_PULL);
-                if pull {
+                if crate::inventory::is_pull_mode(&profile) {
                     continue;
                 }
                 workers.entry(name.clone()).or_insert_with(|| {

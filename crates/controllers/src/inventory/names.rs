@@ -25,6 +25,17 @@ pub const MEMBER_WORK_CLUSTER_ROLE: &str = "atoll:work";
 /// The name of the access provider Atoll records in `ClusterProfile.status.accessProviders`.
 pub const ACCESS_PROVIDER: &str = "atoll";
 
+/// Whether a profile is of a pull-mode cluster (its agent dials the hub; the hub holds no
+/// credentials for it).
+pub fn is_pull_mode(profile: &atoll_api::cluster_profile::ClusterProfile) -> bool {
+    profile
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(atoll_api::cluster_profile::LABEL_MODE))
+        .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL)
+}
+
 /// The hub namespace of a member cluster.
 pub fn cluster_namespace(cluster: &str) -> String {
     format!("{CLUSTER_NAMESPACE_PREFIX}{cluster}")

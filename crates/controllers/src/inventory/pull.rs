@@ -231,29 +231,29 @@ pub async fn create_bootstrap_token(
         .await
         .map_err(on_hub(format!("creating namespace {manager_namespace}")))?;
 
-    // The ClusterRole goes first and owns the binding, so deleting it removes both.
-    let mut role = ClusterRole {
-        metadata: meta(&name, None),
-        rules: Some(vec![
-            rule(
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                &[],
-                &["create"],
-            ),
-            rule(
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                &[&name],
-                &["get"],
-            ),
-        ]),
+    let renew_only = vec![
+        rule(
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            &[],
+            &["create"],
+        ),
+        rule(
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            &[&name],
+            &["get"],
+        ),
+    ];
+    let bootstrap_identity = Subject {
+        kind: "ServiceAccount".into(),
+        name: name.clone(),
+        namespace: Some(manager_namespace.to_owned()),
         ..Default::default()
     };
-    kubeutil::mark_managed(&mut role, &labels);
-    let (role, _) = ensure(&Api::<ClusterRole>::all(hub.clone()), &role)
+    ensure_cluster_role(hub, &name, renew_only, bootstrap_identity, &labels)
         .await
-        .map_err(on_hub("creating the bootstrap ClusterRole"))?;
+        .map_err(on_hub("creating the bootstrap ClusterRole and its binding"))?;
 
     let mut sa = ServiceAccount {
         metadata: meta(&name, Some(manager_namespace)),
@@ -268,26 +268,6 @@ pub async fn create_bootstrap_token(
     ensure(&accounts, &sa)
         .await
         .map_err(on_hub("creating the bootstrap ServiceAccount"))?;
-
-    let mut binding = ClusterRoleBinding {
-        metadata: meta(&name, None),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(manager_namespace.to_owned()),
-            ..Default::default()
-        }]),
-    };
-    kubeutil::mark_managed(&mut binding, &labels);
-    binding.metadata.owner_references = Some(vec![owned_by_cluster_role(&role)]);
-    ensure(&Api::<ClusterRoleBinding>::all(hub.clone()), &binding)
-        .await
-        .map_err(on_hub("creating the bootstrap ClusterRoleBinding"))?;
 
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -337,6 +317,37 @@ fn rule(group: &str, resource: &str, names: &[&str], verbs: &[&str]) -> PolicyRu
         verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
         ..Default::default()
     }
+}
+
+/// Creates (or keeps) a ClusterRole and a ClusterRoleBinding of the same name granting it to
+/// `subject`. The role owns the binding, so deleting the role removes both.
+async fn ensure_cluster_role(
+    hub: &Client,
+    name: &str,
+    rules: Vec<PolicyRule>,
+    subject: Subject,
+    labels: &BTreeMap<String, String>,
+) -> Result<ClusterRole, kube::Error> {
+    let mut role = ClusterRole {
+        metadata: meta(name, None),
+        rules: Some(rules),
+        ..Default::default()
+    };
+    kubeutil::mark_managed(&mut role, labels);
+    let (role, _) = ensure(&Api::<ClusterRole>::all(hub.clone()), &role).await?;
+    let mut binding = ClusterRoleBinding {
+        metadata: meta(name, None),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: name.to_owned(),
+        },
+        subjects: Some(vec![subject]),
+    };
+    kubeutil::mark_managed(&mut binding, labels);
+    binding.metadata.owner_references = Some(vec![owned_by_cluster_role(&role)]);
+    ensure(&Api::<ClusterRoleBinding>::all(hub.clone()), &binding).await?;
+    Ok(role)
 }
 
 fn owned_by_cluster_role(role: &ClusterRole) -> OwnerReference {
@@ -806,46 +817,23 @@ async fn install_agent_rbac(
     .map_err(on_hub("binding the agent's Role"))?;
 
     let renewal = renewal_csr_name(cluster);
-    let cluster_role_name = agent_cluster_role(cluster);
-    let mut cluster_role = ClusterRole {
-        metadata: meta(&cluster_role_name, None),
-        rules: Some(vec![
-            rule(
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                &[],
-                &["create"],
-            ),
-            rule(
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                &[&renewal],
-                &["get", "delete"],
-            ),
-        ]),
-        ..Default::default()
-    };
-    kubeutil::mark_managed(&mut cluster_role, labels);
-    let (cluster_role, _) = ensure(&Api::<ClusterRole>::all(hub.clone()), &cluster_role)
+    let renew_own = vec![
+        rule(
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            &[],
+            &["create"],
+        ),
+        rule(
+            "certificates.k8s.io",
+            "certificatesigningrequests",
+            &[&renewal],
+            &["get", "delete"],
+        ),
+    ];
+    ensure_cluster_role(hub, &agent_cluster_role(cluster), renew_own, agent, labels)
         .await
-        .map_err(on_hub("creating the agent's ClusterRole"))?;
-    let mut cluster_binding = ClusterRoleBinding {
-        metadata: meta(&cluster_role_name, None),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: cluster_role_name.clone(),
-        },
-        subjects: Some(vec![agent]),
-    };
-    kubeutil::mark_managed(&mut cluster_binding, labels);
-    cluster_binding.metadata.owner_references = Some(vec![owned_by_cluster_role(&cluster_role)]);
-    ensure(
-        &Api::<ClusterRoleBinding>::all(hub.clone()),
-        &cluster_binding,
-    )
-    .await
-    .map_err(on_hub("binding the agent's ClusterRole"))?;
+        .map_err(on_hub("creating the agent's ClusterRole and its binding"))?;
     Ok(())
 }
 

@@ -23,8 +23,7 @@ use std::time::Duration;
 use atoll_api::about::{ClusterProperty, ClusterPropertySpec};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
-    LABEL_CLUSTER_MANAGER, LABEL_MODE, MODE_PULL, Property, TAINT_NOT_READY, TAINT_UNREACHABLE,
-    Taint, TaintEffect,
+    LABEL_CLUSTER_MANAGER, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
 };
 use atoll_api::conditions;
 use futures::StreamExt;
@@ -284,7 +283,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                let pull = profile.labels().get(LABEL_MODE).map(String::as_str) == Some(MODE_PULL);
+                let pull = super::names::is_pull_mode(&profile);
                 workers.entry(name.clone()).or_insert_with(|| {
                     info!(cluster = %name, pull, "watching cluster");
                     if pull {
