@@ -81,6 +81,26 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if def.group.is_empty() && def.resource == "serviceaccounts" {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
+        if crate::certificates::is_csr(&def) {
+            resources.push(json!({
+                "name": "certificatesigningrequests/approval",
+                "singularName": "",
+                "namespaced": false,
+                "kind": "CertificateSigningRequest",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if def.group.is_empty() && def.resource == "namespaces" {
             resources.push(json!({
                 "name": "namespaces/finalize",

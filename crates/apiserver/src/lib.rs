@@ -14,6 +14,7 @@
 //! - [`client`]: a `kube::Client` into the router, for controllers in the same process.
 
 pub mod auth;
+pub mod certificates;
 pub mod client;
 pub mod controllers;
 pub mod discovery;
@@ -33,6 +34,7 @@ pub mod server;
 pub mod storage;
 pub mod strategy;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -84,6 +86,12 @@ pub struct ServerOptions {
     /// Compact the store's history this often (to the revision one interval earlier), as
     /// kube-apiserver compacts etcd; `None` when the store compacts itself.
     pub compaction_interval: Option<Duration>,
+    /// The key that signs and verifies ServiceAccount tokens; `None` makes one that lives as
+    /// long as the process.
+    pub service_account_key: Option<Arc<tokens::ServiceAccountKey>>,
+    /// The CA that signs approved `kubernetes.io/kube-apiserver-client` CSRs; `None` runs no
+    /// signer (CSRs are then approved but never issued, as on a cluster without one).
+    pub client_signer: Option<Arc<certificates::ClientSigner>>,
 }
 
 /// The server's core: state, router and its own control loops; serve it over TLS with
@@ -118,6 +126,7 @@ impl ApiServer {
             storage: storage.clone(),
             registry: registry.clone(),
             tokens: options.tokens,
+            service_account_key: tokens::key_or_ephemeral(options.service_account_key)?,
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         let router = server::router(state.clone());
@@ -138,6 +147,14 @@ impl ApiServer {
                 shutdown.clone(),
             )),
         ];
+        if let Some(signer) = options.client_signer {
+            tasks.push(tokio::spawn(certificates::run_signer(
+                storage.clone(),
+                registry.clone(),
+                signer,
+                shutdown.clone(),
+            )));
+        }
         if let Some(interval) = options.compaction_interval {
             tasks.push(tokio::spawn(run_compactor(
                 store,
@@ -283,6 +300,8 @@ impl Hub {
         let mut sans = config.extra_sans.clone();
         sans.push(config.listen.ip().to_string());
         let pki = pki::Pki::load_or_create(&pki_dir, &sans)?;
+        let service_account_key = Arc::new(tokens::ServiceAccountKey::load_or_create(&pki_dir)?);
+        let client_signer = Arc::new(certificates::ClientSigner::load(&pki_dir)?);
         let tokens = match &config.token_file {
             Some(path) => TokenTable::from_csv_file(path)?,
             None => TokenTable::default(),
@@ -317,6 +336,8 @@ impl Hub {
             ServerOptions {
                 tokens,
                 compaction_interval: config.compaction_interval,
+                service_account_key: Some(service_account_key),
+                client_signer: Some(client_signer),
             },
         )
         .await?;

@@ -107,6 +107,40 @@ fn gv_doc(defs: &[std::sync::Arc<ResourceDef>]) -> Value {
                 "delete": operation(def, "delete", &schema_ref, false),
             }),
         );
+        if crate::certificates::is_csr(def) {
+            paths.insert(
+                format!("{collection}/{{name}}/approval"),
+                json!({
+                    "get": operation(def, "get", &schema_ref, false),
+                    "put": operation(def, "put", &schema_ref, true),
+                    "patch": operation(def, "patch", &schema_ref, true),
+                }),
+            );
+        }
+        if def.group.is_empty() && def.resource == "serviceaccounts" {
+            let mut create = operation(
+                def,
+                "post",
+                "#/components/schemas/io.k8s.api.authentication.v1.TokenRequest",
+                true,
+            );
+            create["operationId"] = json!("createServiceAccountToken");
+            create["x-kubernetes-group-version-kind"] =
+                json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"});
+            paths.insert(
+                format!("{collection}/{{name}}/token"),
+                json!({ "post": create }),
+            );
+            schemas.insert(
+                "io.k8s.api.authentication.v1.TokenRequest".into(),
+                json!({
+                    "type": "object",
+                    "description": "TokenRequest requests a token for a given service account.",
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "x-kubernetes-group-version-kind": [{"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}],
+                }),
+            );
+        }
         if def.status_subresource {
             paths.insert(
                 format!("{collection}/{{name}}/status"),

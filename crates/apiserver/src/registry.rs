@@ -323,6 +323,17 @@ const BUILTINS: &[Builtin] = &[
         name_rule: NameRule::PathSegment,
     },
     Builtin {
+        group: "certificates.k8s.io",
+        version: "v1",
+        resource: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        kind: "CertificateSigningRequest",
+        namespaced: false,
+        short_names: &["csr"],
+        status: true,
+        name_rule: NameRule::PathSegment,
+    },
+    Builtin {
         group: "apiextensions.k8s.io",
         version: "v1",
         resource: "customresourcedefinitions",

@@ -34,6 +34,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Static bearer tokens.
     pub tokens: TokenTable,
+    /// Signs and verifies ServiceAccount tokens.
+    pub service_account_key: Arc<crate::tokens::ServiceAccountKey>,
     /// Whether the server is ready (false while starting and once shutting down).
     pub ready: std::sync::atomic::AtomicBool,
 }
@@ -61,15 +63,20 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let user = match authenticate(
         req.extensions().get::<ConnectionIdentity>(),
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
+        authorization,
         &state.tokens,
     ) {
         Authn::User(user) => user,
-        Authn::Invalid => return Err(ApiError::unauthorized()),
+        // Not a static token: a ServiceAccount token, or 401.
+        Authn::Invalid => crate::tokens::authenticate(state, authorization)
+            .await
+            .ok_or_else(ApiError::unauthorized)?,
     };
     let user = crate::reviews::impersonate(&state.storage, user, req.headers()).await?;
     let query = Query::parse(req.uri().query());
@@ -453,6 +460,9 @@ async fn resource(
     let Some(def) = state.registry.get(&r.group, &r.version, &r.resource) else {
         return Err(ApiError::path_not_found());
     };
+    if crate::tokens::is_token_request(&def, &r) {
+        return crate::tokens::create_token(state, &r, req).await;
+    }
     let is_namespace_kind = r.group.is_empty() && r.resource == "namespaces";
     // The namespace a namespaced object lives in; a Namespace's own name is not one.
     let namespace = if def.namespaced {
@@ -467,6 +477,7 @@ async fn resource(
         None => {}
         Some("status") if def.status_subresource => {}
         Some("finalize") if is_namespace_kind => {}
+        Some("approval") if crate::certificates::is_csr(&def) => {}
         Some(_) => return Err(ApiError::path_not_found()),
     }
     if def.namespaced
@@ -478,6 +489,7 @@ async fn resource(
     if r.subresource.is_some() && !matches!(r.verb, "get" | "update" | "patch") {
         return Err(ApiError::method_not_allowed());
     }
+    crate::certificates::admit(state, &def, &r, _user).await?;
     if def.review {
         if r.verb != "create" {
             return Err(ApiError::method_not_allowed());
@@ -573,6 +585,7 @@ async fn resource(
             let (_, body) = read_body(req).await?;
             let obj = parse_json(&body)?;
             let warnings = check_unknown_fields(&def, &obj, validation)?;
+            let obj = crate::certificates::on_create(&def, obj, _user)?;
             let created = storage.create(&def, ns, obj, dry).await?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &created),

@@ -1139,7 +1139,8 @@ fn merge_update(
     subresource: Option<&str>,
 ) -> Value {
     let mut next = match subresource {
-        Some("status") => {
+        // A CSR's /approval is a status write too; its strategy keeps only the conditions.
+        Some("status") | Some("approval") => {
             // A write to /status changes status only.
             let mut next = current.clone();
             match desired.get("status") {

@@ -106,6 +106,8 @@ pub fn prepare_update(
         {
             next["type"] = current.get("type").cloned().unwrap_or(json!("Opaque"));
         }
+    } else if crate::certificates::is_csr(def) {
+        return crate::certificates::prepare_update(current, next, subresource);
     } else if is(def, "apiextensions.k8s.io", "CustomResourceDefinition") {
         if subresource != Some("status") {
             // storedVersions only grows: a new storage version is added to it.
@@ -251,6 +253,8 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
                 "cannot change roleRef",
             ));
         }
+    } else if crate::certificates::is_csr(def) {
+        causes.extend(crate::certificates::validate(obj, old));
     } else if is(def, "apiextensions.k8s.io", "CustomResourceDefinition") {
         causes.extend(validate_crd(obj, old));
     } else if def.custom
@@ -414,6 +418,7 @@ fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
             &["subjects", "roleRef"]
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => &["spec", "status"],
+        ("certificates.k8s.io", "CertificateSigningRequest") => &["spec", "status"],
         _ => return None,
     })
 }

@@ -253,6 +253,25 @@ fn builtin_columns(def: &ResourceDef) -> (Vec<Value>, Cells) {
                 ]
             }),
         ),
+        ("certificates.k8s.io", "CertificateSigningRequest") => (
+            vec![
+                col("Age", "string", "CreationTimestamp"),
+                col("SignerName", "string", "The signer of the request"),
+                col("Requestor", "string", "Who sent the request"),
+                col("RequestedDuration", "string", "spec.expirationSeconds"),
+                col("Condition", "string", "The conditions of the request"),
+            ],
+            Box::new(move |o| {
+                let (signer, requestor, duration, condition) = crate::certificates::table_cells(o);
+                vec![
+                    json!(age(created(o).as_deref())),
+                    json!(signer),
+                    json!(requestor),
+                    json!(duration),
+                    json!(condition),
+                ]
+            }),
+        ),
         ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", _) => (
             vec![col("Created At", "date", "CreationTimestamp")],
             Box::new(move |o| vec![json!(created(o).unwrap_or_default())]),
