@@ -1,7 +1,10 @@
-//! Pull-mode registration against real kube-apiservers: a hub (cluster 0, with Atoll's CRDs
-//! and its controller manager signing certificates) and two members whose agents dial it.
+//! Pull-mode registration against both kinds of hub: a test-bed kube-apiserver (with Atoll's
+//! CRDs, its controller manager signing certificates) and `atoll hub` (its own TokenRequest,
+//! CSR approval and signer), with real kube-apiservers as members whose agents dial the hub.
 
 mod common;
+
+use common::hub::{Fleet, HubKind};
 
 use std::time::Duration;
 
@@ -18,7 +21,6 @@ use atoll_api::work::Work;
 use atoll_controllers::inventory::pull::{self, AGENT_LEASE, ANNOTATION_ROTATE, BootstrapToken};
 use atoll_controllers::inventory::status::{self, HealthConfig};
 use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE, UnjoinOptions};
-use atoll_testbed::{Cluster, Testbed, TestbedConfig};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -28,21 +30,26 @@ use tokio::task::JoinHandle;
 
 const SET: &str = "fleet-p";
 
-fn hub_endpoint(hub: &Cluster) -> HubEndpoint {
-    HubEndpoint {
-        server: hub.url(),
-        ca_pem: hub.ca_cert_pem().into_bytes(),
-    }
+crate::on_both_hubs!(
+    agents_register_report_rotate_and_unjoin_confined_to_their_namespace,
+    forged_and_expired_tokens_are_refused_and_leave_nothing_behind,
+);
+
+fn hub_endpoint(fleet: &Fleet) -> Result<HubEndpoint> {
+    Ok(HubEndpoint {
+        server: fleet.hub_url()?,
+        ca_pem: fleet.hub_ca_pem()?.into_bytes(),
+    })
 }
 
 fn agent_options(
     name: &str,
     member: Client,
-    hub: &Cluster,
+    hub: &HubEndpoint,
     token: Option<BootstrapToken>,
 ) -> AgentOptions {
     let mut options = AgentOptions::new(name, member);
-    options.hub = Some(hub_endpoint(hub));
+    options.hub = Some(hub.clone());
     options.bootstrap_token = token;
     options.cluster_set = SET.into();
     options.labels = [("region".to_owned(), "eu".to_owned())].into();
@@ -73,14 +80,15 @@ fn forbidden<T>(result: Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
 }
 
-#[tokio::test]
-async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace() -> Result<()> {
-    let testbed = Testbed::start(TestbedConfig::with_clusters(3)).await?;
-    let [hub_cluster, east_cluster, west_cluster] = testbed.clusters() else {
-        bail!("three clusters expected");
+async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
+    kind: HubKind,
+) -> Result<()> {
+    let fleet = Fleet::start(kind, 2).await?;
+    let [east_cluster, west_cluster] = fleet.members() else {
+        bail!("two members expected");
     };
-    let hub = hub_cluster.client().await?;
-    common::install_crds(&hub).await?;
+    let hub = fleet.hub().await?;
+    let hub_cluster = &hub_endpoint(&fleet)?;
     let east = east_cluster.client().await?;
     let west = west_cluster.client().await?;
     let before = common::snapshot(&east).await?;
@@ -135,8 +143,7 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace() 
     );
 
     // A bootstrap token can register and nothing else.
-    let bootstrap =
-        credentials::token_client(&hub_endpoint(hub_cluster), &token.token.secret).await?;
+    let bootstrap = credentials::token_client(hub_cluster, &token.token.secret).await?;
     ensure!(forbidden(
         Api::<Secret>::namespaced(bootstrap.clone(), DEFAULT_MANAGER_NAMESPACE)
             .list(&ListParams::default())
@@ -457,14 +464,15 @@ async fn lease_renewed(hub: &Client, cluster: &str) -> Result<k8s_openapi::jiff:
         .context("a renewed lease")
 }
 
-#[tokio::test]
-async fn forged_and_expired_tokens_are_refused_and_leave_nothing_behind() -> Result<()> {
-    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
-    let [hub_cluster, member_cluster] = testbed.clusters() else {
-        bail!("two clusters expected");
+async fn forged_and_expired_tokens_are_refused_and_leave_nothing_behind(
+    kind: HubKind,
+) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let [member_cluster] = fleet.members() else {
+        bail!("one member expected");
     };
-    let hub = hub_cluster.client().await?;
-    common::install_crds(&hub).await?;
+    let hub = fleet.hub().await?;
+    let hub_cluster = &hub_endpoint(&fleet)?;
     let member = member_cluster.client().await?;
     let before = common::snapshot(&member).await?;
 

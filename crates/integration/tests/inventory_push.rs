@@ -1,7 +1,9 @@
-//! Push-mode join and unjoin against real kube-apiservers: a hub (cluster 0, with Atoll's
-//! CRDs) and a member (cluster 1).
+//! Push-mode join and unjoin against both kinds of hub (a test-bed kube-apiserver with Atoll's
+//! CRDs, and `atoll hub`), with real kube-apiservers as members.
 
 mod common;
+
+use common::hub::{Fleet, HubKind};
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use atoll_api::cluster_profile::{ClusterProfile, LABEL_CLUSTER_MANAGER};
 use atoll_controllers::inventory::{
     self, JoinError, JoinOptions, UnjoinOptions, cluster_namespace, member_from_secret,
 };
-use atoll_testbed::{Cluster, Testbed, TestbedConfig};
+use atoll_testbed::Cluster;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -19,16 +21,21 @@ use kube::config::Kubeconfig;
 
 const SET: &str = "fleet-a";
 
-async fn hub_and_member() -> Result<Testbed> {
-    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
-    common::install_crds(&testbed.clusters()[0].client().await?).await?;
-    Ok(testbed)
-}
+crate::on_both_hubs!(
+    join_then_unjoin_leaves_the_member_as_it_was,
+    collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind,
+    an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays,
+    a_hub_that_restarts_during_a_join_converges_after_joining_again,
+);
 
 fn options(name: &str, member: &Cluster) -> Result<JoinOptions> {
+    options_from(name, member.kubeconfig_path())
+}
+
+fn options_from(name: &str, kubeconfig: &std::path::Path) -> Result<JoinOptions> {
     Ok(JoinOptions {
         name: name.to_owned(),
-        member_kubeconfig: Kubeconfig::read_from(member.kubeconfig_path())?,
+        member_kubeconfig: Kubeconfig::read_from(kubeconfig)?,
         member_context: None,
         labels: [("env".to_owned(), "test".to_owned())].into(),
         cluster_set: SET.to_owned(),
@@ -46,11 +53,10 @@ fn unjoin_options(name: &str) -> UnjoinOptions {
     }
 }
 
-#[tokio::test]
-async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
-    let testbed = hub_and_member().await?;
-    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub = hub_cluster.client().await?;
+async fn join_then_unjoin_leaves_the_member_as_it_was(kind: HubKind) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let member_cluster = &fleet.members()[0];
+    let hub = fleet.hub().await?;
     let member = member_cluster.client().await?;
     let before = common::snapshot(&member).await?;
 
@@ -149,11 +155,14 @@ async fn join_then_unjoin_leaves_the_member_as_it_was() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -> Result<()> {
-    let testbed = hub_and_member().await?;
-    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub = hub_cluster.client().await?;
+async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind(
+    kind: HubKind,
+) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let member_cluster = &fleet.members()[0];
+    let hub = fleet.hub().await?;
+    // Another cluster to join under taken names: the hub itself, whichever kind it is.
+    let hub_kubeconfig = fleet.hub_kubeconfig_path()?;
     inventory::join(&hub, &options("member-1", member_cluster)?).await?;
     let hub_before = common::snapshot(&hub).await?;
 
@@ -166,13 +175,13 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
     }
 
     // Another cluster (the hub itself) under the taken name.
-    match inventory::join(&hub, &options("member-1", hub_cluster)?).await {
+    match inventory::join(&hub, &options_from("member-1", &hub_kubeconfig)?).await {
         Err(JoinError::NameCollision { name, .. }) => ensure!(name == "member-1"),
         other => bail!("expected NameCollision, got {other:?}"),
     }
 
     // A cluster ID that is not an RFC-1123 subdomain.
-    let mut bad_id = options("member-3", hub_cluster)?;
+    let mut bad_id = options_from("member-3", &hub_kubeconfig)?;
     bad_id.cluster_id = Some("Not_A_Subdomain".into());
     match inventory::join(&hub, &bad_id).await {
         Err(e @ JoinError::InvalidClusterId(_)) => {
@@ -182,7 +191,7 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
     }
 
     // A member whose API server is not there.
-    let mut unreachable = options("member-4", hub_cluster)?;
+    let mut unreachable = options_from("member-4", &hub_kubeconfig)?;
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.local_addr()?.port()
@@ -201,7 +210,7 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
 
     // A member whose certificate is not signed by the kubeconfig's CA: the member's URL with
     // the hub's CA.
-    let mut wrong_ca = options("member-5", hub_cluster)?;
+    let mut wrong_ca = options_from("member-5", &hub_kubeconfig)?;
     for cluster in &mut wrong_ca.member_kubeconfig.clusters {
         if let Some(c) = cluster.cluster.as_mut() {
             c.server = Some(member_cluster.url());
@@ -224,11 +233,12 @@ async fn collisions_and_bad_kubeconfigs_are_refused_and_leave_nothing_behind() -
     Ok(())
 }
 
-#[tokio::test]
-async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays() -> Result<()> {
-    let testbed = hub_and_member().await?;
-    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub = hub_cluster.client().await?;
+async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
+    kind: HubKind,
+) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let member_cluster = &fleet.members()[0];
+    let hub = fleet.hub().await?;
     let member = member_cluster.client().await?;
 
     // The member's operators installed the About API themselves and named the cluster.
@@ -273,11 +283,12 @@ async fn an_operator_set_cluster_id_is_kept_and_what_atoll_did_not_create_stays(
     common::converges_to(&member, &before).await
 }
 
-#[tokio::test]
-async fn a_hub_that_restarts_during_a_join_converges_after_joining_again() -> Result<()> {
-    let testbed = hub_and_member().await?;
-    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub = hub_cluster.client().await?;
+async fn a_hub_that_restarts_during_a_join_converges_after_joining_again(
+    kind: HubKind,
+) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let member_cluster = &fleet.members()[0];
+    let hub = fleet.hub().await?;
     let member = member_cluster.client().await?;
     let before = common::snapshot(&member).await?;
 
@@ -297,7 +308,7 @@ async fn a_hub_that_restarts_during_a_join_converges_after_joining_again() -> Re
         },
     )
     .await?;
-    hub_cluster.kill_apiserver();
+    fleet.kill_hub().await?;
     let first = join.await?;
     if let Err(error) = &first {
         let message = error.to_string();
@@ -306,10 +317,10 @@ async fn a_hub_that_restarts_during_a_join_converges_after_joining_again() -> Re
             "a failed join says the hub failed: {message}"
         );
     }
-    hub_cluster.restart_apiserver().await?;
+    fleet.restart_hub().await?;
 
     // Joining again (the operator's retry) completes the cluster; nothing is duplicated.
-    let hub = hub_cluster.client().await?;
+    let hub = fleet.hub().await?;
     let joined = inventory::join(&hub, &options("member-1", member_cluster)?).await?;
     let profiles: Api<ClusterProfile> =
         Api::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE);

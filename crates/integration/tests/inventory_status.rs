@@ -1,6 +1,9 @@
-//! The ClusterProfile status controller and leader election, against real kube-apiservers.
+//! The ClusterProfile status controller and leader election, against both kinds of hub (a
+//! test-bed kube-apiserver and `atoll hub`), with real kube-apiservers as members.
 
 mod common;
+
+use common::hub::{Fleet, HubKind};
 
 use std::time::Duration;
 
@@ -11,7 +14,6 @@ use atoll_api::cluster_profile::{
 };
 use atoll_controllers::inventory::{self, JoinOptions, status::HealthConfig};
 use atoll_controllers::leader::{Elector, LeaseConfig};
-use atoll_testbed::{Testbed, TestbedConfig};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::Kubeconfig;
 
@@ -29,12 +31,15 @@ fn signal(pid: u32, signal: &str) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn profiles_follow_member_health_and_properties() -> Result<()> {
-    let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
-    let (hub_cluster, member_cluster) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    let hub = hub_cluster.client().await?;
-    common::install_crds(&hub).await?;
+crate::on_both_hubs!(
+    profiles_follow_member_health_and_properties,
+    one_leader_at_a_time_and_a_released_lease_passes_on,
+);
+
+async fn profiles_follow_member_health_and_properties(kind: HubKind) -> Result<()> {
+    let fleet = Fleet::start(kind, 1).await?;
+    let member_cluster = &fleet.members()[0];
+    let hub = fleet.hub().await?;
     let member = member_cluster.client().await?;
     inventory::join(
         &hub,
@@ -158,14 +163,9 @@ async fn profiles_follow_member_health_and_properties() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn one_leader_at_a_time_and_a_released_lease_passes_on() -> Result<()> {
-    let testbed = Testbed::start(TestbedConfig {
-        controller_manager: false,
-        ..TestbedConfig::with_clusters(1)
-    })
-    .await?;
-    let hub = testbed.clusters()[0].client().await?;
+async fn one_leader_at_a_time_and_a_released_lease_passes_on(kind: HubKind) -> Result<()> {
+    let fleet = Fleet::start_with(kind, 0, false).await?;
+    let hub = fleet.hub().await?;
     let elector = |identity: &str| {
         Elector::new(
             hub.clone(),
