@@ -15,8 +15,8 @@
 //!    (the subject must be exactly the agent identity of that cluster and nothing more, the
 //!    requester must be that token's live bootstrap identity, the name and cluster ID must be
 //!    free), creates the cluster's namespace, the agent's RBAC and the ClusterProfile, and
-//!    approves the CSR; the hub's signer (kube-controller-manager's
-//!    `kubernetes.io/kube-apiserver-client`) issues the certificate. The bootstrap identity
+//!    approves the CSR; the hub's `kubernetes.io/kube-apiserver-client` signer
+//!    (kube-controller-manager's, or `atoll hub`'s own) issues the certificate. The bootstrap identity
 //!    is deleted: a token registers one cluster.
 //! 4. The agent's certificate is its long-lived credential. RBAC confines it to its cluster's
 //!    namespace (Works, MCS objects, its Lease and status report) plus renewing itself: the
