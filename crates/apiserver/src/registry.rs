@@ -322,6 +322,19 @@ const BUILTINS: &[Builtin] = &[
         status: false,
         name_rule: NameRule::PathSegment,
     },
+    // Multi-Cluster Services keep the EndpointSlices they publish and import in the hub's
+    // cluster namespaces.
+    Builtin {
+        group: "discovery.k8s.io",
+        version: "v1",
+        resource: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        status: false,
+        name_rule: NameRule::Subdomain,
+    },
     Builtin {
         group: "certificates.k8s.io",
         version: "v1",

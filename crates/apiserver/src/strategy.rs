@@ -419,6 +419,7 @@ fn builtin_fields(def: &ResourceDef) -> Option<&'static [&'static str]> {
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => &["spec", "status"],
         ("certificates.k8s.io", "CertificateSigningRequest") => &["spec", "status"],
+        ("discovery.k8s.io", "EndpointSlice") => &["addressType", "endpoints", "ports"],
         _ => return None,
     })
 }

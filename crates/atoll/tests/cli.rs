@@ -29,9 +29,18 @@ fn ok(output: Output) -> Result<String> {
 /// `atoll crds | kubectl apply -f -` (with `--validate=false`, which 1.20 needs), then waits
 /// for the CRDs to be Established.
 fn install_crds_as_the_readme_says(cluster: &atoll_testbed::Cluster) -> Result {
-    let crds = ok(atoll(cluster.kubeconfig_path(), &["crds"])?)?;
-    let mut apply = cluster
-        .kubectl()
+    install_crds_with(cluster.kubeconfig_path())
+}
+
+fn kubectl_with(kubeconfig: &std::path::Path) -> Command {
+    let mut command = Command::new(atoll_testbed::kubectl_bin());
+    command.arg(format!("--kubeconfig={}", kubeconfig.display()));
+    command
+}
+
+fn install_crds_with(kubeconfig: &std::path::Path) -> Result {
+    let crds = ok(atoll(kubeconfig, &["crds"])?)?;
+    let mut apply = kubectl_with(kubeconfig)
         .args(["apply", "--validate=false", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -40,8 +49,7 @@ fn install_crds_as_the_readme_says(cluster: &atoll_testbed::Cluster) -> Result {
     std::io::Write::write_all(apply.stdin.as_mut().ok_or("stdin")?, crds.as_bytes())?;
     let applied = apply.wait_with_output()?;
     assert!(applied.status.success(), "{applied:?}");
-    let established = cluster
-        .kubectl()
+    let established = kubectl_with(kubeconfig)
         .args([
             "wait",
             "--for=condition=Established",
@@ -256,11 +264,95 @@ fn wait_until(seconds: u64, mut check: impl FnMut() -> Result<bool>) -> Result<b
     }
 }
 
+/// A child process that is killed if the test ends (or fails) before it stops it.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The hub of a command-line scenario: a test-bed cluster, or `atoll hub` as a child process
+/// (redb store, its data directory in the test bed's directory).
+enum CliHub<'a> {
+    Cluster(&'a atoll_testbed::Cluster),
+    Atoll {
+        child: std::process::Child,
+        kubeconfig: std::path::PathBuf,
+    },
+}
+
+impl CliHub<'_> {
+    fn start_atoll(data_dir: &std::path::Path) -> Result<CliHub<'static>> {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().ok_or("atoll hub exited before serving")??;
+        assert!(
+            first.starts_with("Atoll hub serving on https://"),
+            "{first}"
+        );
+        // Keep draining so the hub never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(CliHub::Atoll {
+            child,
+            kubeconfig: data_dir.join("admin.kubeconfig"),
+        })
+    }
+
+    fn kubeconfig_path(&self) -> &std::path::Path {
+        match self {
+            CliHub::Cluster(cluster) => cluster.kubeconfig_path(),
+            CliHub::Atoll { kubeconfig, .. } => kubeconfig,
+        }
+    }
+
+    fn kubectl(&self) -> Command {
+        kubectl_with(self.kubeconfig_path())
+    }
+}
+
+impl Drop for CliHub<'_> {
+    fn drop(&mut self) {
+        if let CliHub::Atoll { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Result {
     let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
     let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
-    install_crds_as_the_readme_says(hub)?;
+    pull_mode_from_the_command_line(&testbed, CliHub::Cluster(hub), member)
+}
+
+/// The same scenario with `atoll hub` as the hub: its TokenRequest tokens, CSR approval and
+/// signer stand in for kube-apiserver's and kube-controller-manager's.
+#[tokio::test]
+async fn pull_mode_from_the_command_line_with_atoll_hub() -> Result {
+    let testbed = Testbed::start(TestbedConfig::with_clusters(1)).await?;
+    let hub = CliHub::start_atoll(&testbed.dir().join("atoll-hub"))?;
+    pull_mode_from_the_command_line(&testbed, hub, &testbed.clusters()[0])
+}
+
+fn pull_mode_from_the_command_line(
+    testbed: &Testbed,
+    hub: CliHub<'_>,
+    member: &atoll_testbed::Cluster,
+) -> Result {
+    install_crds_with(hub.kubeconfig_path())?;
 
     // `atoll token create` prints the command to paste in the member.
     let printed = ok(atoll(
@@ -281,12 +373,14 @@ async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Res
             }
         })
         .collect();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(&args)
-        .args(["--lease-period", "1"])
-        .env_remove("KUBECONFIG")
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+    let mut agent = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(&args)
+            .args(["--lease-period", "1"])
+            .env_remove("KUBECONFIG")
+            .env("RUST_LOG", "warn")
+            .spawn()?,
+    );
 
     let waiting = wait_until(60, || {
         Ok(ok(atoll(hub.kubeconfig_path(), &["accept"])?)?.starts_with("edge-1"))
@@ -295,11 +389,13 @@ async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Res
     let accepted = ok(atoll(hub.kubeconfig_path(), &["accept", "edge-1"])?)?;
     assert!(accepted.contains("accepted"), "{accepted}");
 
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_atoll"))
-        .args(["controller"])
-        .env("KUBECONFIG", hub.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+    let mut controller = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(["controller"])
+            .env("KUBECONFIG", hub.kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .spawn()?,
+    );
     let mut last = String::new();
     let healthy = wait_until(60, || {
         last = ok(atoll(hub.kubeconfig_path(), &["get", "clusters"])?)?;
@@ -373,7 +469,7 @@ async fn pull_mode_from_the_command_line_token_agent_accept_and_sigterm() -> Res
         "the pull agent published the member's export to its hub namespace"
     );
 
-    for child in [&mut agent, &mut controller] {
+    for Reaped(child) in [&mut agent, &mut controller] {
         let signalled = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()?;
