@@ -26,6 +26,8 @@ enum Ty {
     MicroTime,
     MapStr,
     MapBytes,
+    /// Bytes, base64 in JSON.
+    Bytes,
 }
 
 #[derive(Clone, Copy)]
@@ -275,6 +277,62 @@ const SUBJECT_ACCESS_REVIEW: &[F] = &[
 
 const SELF_SUBJECT_REVIEW: &[F] = &[f(1, "metadata", Ty::Msg(OBJECT_META))];
 
+const CSR_CONDITION: &[F] = &[
+    f(1, "type", Ty::Str),
+    f(2, "reason", Ty::Str),
+    f(3, "message", Ty::Str),
+    f(4, "lastUpdateTime", Ty::Time),
+    f(5, "lastTransitionTime", Ty::Time),
+    f(6, "status", Ty::Str),
+];
+
+const CERTIFICATE_SIGNING_REQUEST: &[F] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            f(1, "request", Ty::Bytes),
+            f(2, "username", Ty::Str),
+            f(3, "uid", Ty::Str),
+            r(4, "groups", Ty::Str),
+            r(5, "usages", Ty::Str),
+            f(7, "signerName", Ty::Str),
+            f(8, "expirationSeconds", Ty::Int),
+        ]),
+    ),
+    f(
+        3,
+        "status",
+        Ty::Msg(&[
+            r(1, "conditions", Ty::Msg(CSR_CONDITION)),
+            f(2, "certificate", Ty::Bytes),
+        ]),
+    ),
+];
+
+const TOKEN_REQUEST: &[F] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            r(1, "audiences", Ty::Str),
+            f(
+                3,
+                "boundObjectRef",
+                Ty::Msg(&[
+                    f(1, "kind", Ty::Str),
+                    f(2, "apiVersion", Ty::Str),
+                    f(3, "name", Ty::Str),
+                    f(4, "uid", Ty::Str),
+                ]),
+            ),
+            f(4, "expirationSeconds", Ty::Int),
+        ]),
+    ),
+];
+
 const TYPE_META: &[F] = &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)];
 
 fn schema_for(kind: &str) -> Option<&'static [F]> {
@@ -292,6 +350,8 @@ fn schema_for(kind: &str) -> Option<&'static [F]> {
         "SelfSubjectAccessReview" => SELF_SUBJECT_ACCESS_REVIEW,
         "SubjectAccessReview" => SUBJECT_ACCESS_REVIEW,
         "SelfSubjectReview" => SELF_SUBJECT_REVIEW,
+        "CertificateSigningRequest" => CERTIFICATE_SIGNING_REQUEST,
+        "TokenRequest" => TOKEN_REQUEST,
         _ => return None,
     })
 }
@@ -412,6 +472,9 @@ fn decode_message(buf: &[u8], schema: &[F]) -> Result<Value, ApiError> {
             (Ty::Int, Raw::Varint(v)) => json!(v as i64),
             (Ty::Bool, Raw::Varint(v)) => json!(v != 0),
             (Ty::Msg(sub), Raw::Bytes(b)) => decode_message(b, sub)?,
+            (Ty::Bytes, Raw::Bytes(b)) => {
+                json!(base64::engine::general_purpose::STANDARD.encode(b))
+            }
             (Ty::Time, Raw::Bytes(b)) => time(b, false)?,
             (Ty::MicroTime, Raw::Bytes(b)) => time(b, true)?,
             (Ty::MapStr | Ty::MapBytes, Raw::Bytes(b)) => {

@@ -304,6 +304,9 @@ pub async fn create_token(
         .map_err(|_| ApiError::too_large(crate::server::MAX_BODY_BYTES))?;
     let request: Value = if body.is_empty() {
         json!({})
+    } else if crate::protobuf::is_protobuf(&body) {
+        // kubectl and client-go's typed clients send protobuf.
+        crate::protobuf::decode(&body)?
     } else {
         serde_json::from_slice(&body)
             .or_else(|_| serde_saphyr::from_slice::<Value>(&body))

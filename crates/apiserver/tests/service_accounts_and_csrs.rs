@@ -103,7 +103,7 @@ async fn create_account(admin: &kube::Client, ns: &str, name: &str) -> anyhow::R
     sa.metadata.uid.context("uid")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_tokens_authenticate_until_expired_forged_or_revoked() -> anyhow::Result<()>
 {
     let hub = TestHub::start().await?;
@@ -132,6 +132,18 @@ async fn service_account_tokens_authenticate_until_expired_forged_or_revoked() -
     }
     let configmaps = Api::<ConfigMap>::namespaced(robot.clone(), "team");
     ensure!(code(configmaps.list(&ListParams::default()).await)? == 403);
+    // kubectl asks for tokens the same way.
+    let printed = hub.kubectl_ok(&[
+        "create",
+        "token",
+        "robot",
+        "-n",
+        "team",
+        "--duration",
+        "15m",
+    ])?;
+    let from_kubectl = token_client(&hub, printed.trim()).await?;
+    ensure!(whoami(&from_kubectl).await?.0 == "system:serviceaccount:team:robot");
 
     // The lifetime follows upstream's rules.
     let short = request_token(&admin, "team", "robot", 599).await;
@@ -404,13 +416,8 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
     ensure!(code(alice_csrs.create(&PostParams::default(), &csr).await)? == 403);
     let (csr, _) = csr_for("denied", "eve", "robots", &["client auth"])?;
     alice_csrs.create(&PostParams::default(), &csr).await?;
-    admin_csrs
-        .patch_approval(
-            "denied",
-            &PatchParams::default(),
-            &Patch::Merge(&approval("Denied")),
-        )
-        .await?;
+    // kubectl's own approval command (a PUT of the whole object to /approval).
+    hub.kubectl_ok(&["certificate", "deny", "denied"])?;
     let listed = admin_csrs.list(&ListParams::default()).await?;
     ensure!(listed.items.len() == 3);
 
