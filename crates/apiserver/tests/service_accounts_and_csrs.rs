@@ -214,6 +214,37 @@ async fn service_account_tokens_authenticate_until_expired_forged_or_revoked() -
                 .await
         )? == 401
     );
+
+    // A token bound to a Secret lives only as long as that Secret.
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some("binding".into());
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(admin.clone(), "team");
+    secrets.create(&PostParams::default(), &secret).await?;
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            bound_object_ref: Some(k8s_openapi::api::authentication::v1::BoundObjectReference {
+                kind: Some("Secret".into()),
+                api_version: Some("v1".into()),
+                name: Some("binding".into()),
+                uid: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bound = Api::<ServiceAccount>::namespaced(admin.clone(), "team")
+        .create_token_request("robot", &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("bound token")?;
+    let bound = token_client(&hub, &bound).await?;
+    ensure!(whoami(&bound).await?.0 == "system:serviceaccount:team:robot");
+    secrets.delete("binding", &DeleteParams::default()).await?;
+    let review = Api::<SelfSubjectReview>::all(bound)
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await;
+    ensure!(code(review)? == 401, "the bound Secret is gone");
     Ok(())
 }
 
@@ -381,10 +412,32 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
         .await;
     ensure!(code(flip)? == 422);
 
-    // Usages the signer does not grant fail the request, with the reason.
+    // Granted `approve` on the signer's domain wildcard, alice approves: here a request whose
+    // usages the signer does not grant, which then fails with the reason.
+    let grant = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "csr-approver"},
+            "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["signers"],
+                "resourceNames": ["kubernetes.io/*"], "verbs": ["approve"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "csr-approver"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approver"},
+            "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]}),
+    ];
+    for obj in grant {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            &kind,
+        ));
+        Api::<kube::api::DynamicObject>::all_with(admin.clone(), &ar)
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await?;
+    }
     let (csr, _) = csr_for("server", "web", "robots", &["server auth"])?;
     alice_csrs.create(&PostParams::default(), &csr).await?;
-    admin_csrs
+    alice_csrs
         .patch_approval(
             "server",
             &PatchParams::default(),
