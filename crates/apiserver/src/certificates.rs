@@ -6,7 +6,8 @@
 //! - the main resource changes only metadata; `/status` changes status but not the
 //!   Approved/Denied conditions; `/approval` changes only the conditions, and needs, besides
 //!   `update` on `certificatesigningrequests/approval`, the verb `approve` on `signers` named
-//!   after the request's signer (or its `<domain>/*` wildcard), as upstream's approval admission;
+//!   after the request's signer (or its `<domain>/*` wildcard), as upstream's approval admission,
+//!   and a `/status` write that sets the certificate needs `sign` on it (signing admission);
 //! - validation: request (a PEM CSR), signerName, usages, expirationSeconds, conditions
 //!   (Approved and Denied exclusive, never removed), certificate (set once);
 //! - a signer ([`run_signer`]) issues approved, not denied or failed,
@@ -146,27 +147,38 @@ pub fn on_create(def: &ResourceDef, mut obj: Value, user: &UserInfo) -> Result<V
     Ok(obj)
 }
 
-/// The extra authorization of `/approval` writes: `approve` on the request's signer.
-pub async fn admit(
-    state: &AppState,
-    def: &ResourceDef,
-    r: &ResourceRequest,
-    user: &UserInfo,
-) -> Result<(), ApiError> {
-    if !is_csr(def)
-        || r.subresource.as_deref() != Some("approval")
-        || !matches!(r.verb, "update" | "patch")
-    {
-        return Ok(());
+/// What a request may do beyond its RBAC verb, decided before its write (upstream's
+/// certificate admission plugins).
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// For a `/status` write of a CSR the requester may not `sign` for: the denial to give
+    /// if the write changes `status.certificate`.
+    denied_signing: Option<ApiError>,
+}
+
+impl Admission {
+    /// Refuses a write that sets or changes a certificate without the right to sign it.
+    pub fn check(&self, current: &Value, next: &Value) -> Result<(), ApiError> {
+        match &self.denied_signing {
+            Some(denial)
+                if current.pointer("/status/certificate")
+                    != next.pointer("/status/certificate") =>
+            {
+                Err(denial.clone())
+            }
+            _ => Ok(()),
+        }
     }
-    let name = r.name.as_deref().unwrap_or_default();
-    let csr = state.storage.get(def, None, name, None).await?;
-    let signer = csr
-        .pointer("/spec/signerName")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let mut names = vec![signer.clone()];
+}
+
+/// Whether `user` may `verb` (approve, sign) for `signer`, by name or its `<domain>/*`.
+async fn may_for_signer(
+    state: &AppState,
+    user: &UserInfo,
+    verb: &'static str,
+    signer: &str,
+) -> Result<bool, ApiError> {
+    let mut names = vec![signer.to_string()];
     if let Some((domain, _)) = signer.split_once('/') {
         names.push(format!("{domain}/*"));
     }
@@ -178,17 +190,52 @@ pub async fn admit(
             resource: "signers".into(),
             name: Some(resource_name),
             subresource: None,
-            verb: "approve",
+            verb,
         });
         if crate::rbac::authorize(&state.storage, user, &target).await? {
-            return Ok(());
+            return Ok(true);
         }
     }
-    Err(ApiError::forbidden(
+    Ok(false)
+}
+
+/// The extra authorization of CSR writes: `/approval` needs `approve` on the request's signer,
+/// and a `/status` write that changes the certificate needs `sign` on it.
+pub async fn admit(
+    state: &AppState,
+    def: &ResourceDef,
+    r: &ResourceRequest,
+    user: &UserInfo,
+) -> Result<Admission, ApiError> {
+    let verb = match r.subresource.as_deref() {
+        Some("approval") => "approve",
+        Some("status") => "sign",
+        _ => return Ok(Admission::default()),
+    };
+    if !is_csr(def) || !matches!(r.verb, "update" | "patch") {
+        return Ok(Admission::default());
+    }
+    let name = r.name.as_deref().unwrap_or_default();
+    let csr = state.storage.get(def, None, name, None).await?;
+    let signer = csr
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if may_for_signer(state, user, verb, &signer).await? {
+        return Ok(Admission::default());
+    }
+    let denial = ApiError::forbidden(
         &def.group_resource(),
         name,
-        format!("user not permitted to approve requests with signerName {signer:?}"),
-    ))
+        format!("user not permitted to {verb} requests with signerName {signer:?}"),
+    );
+    match verb {
+        "approve" => Err(denial),
+        _ => Ok(Admission {
+            denied_signing: Some(denial),
+        }),
+    }
 }
 
 /// Update rules: which parts each of the main resource, `/status` and `/approval` may change;

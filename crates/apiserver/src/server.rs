@@ -489,7 +489,7 @@ async fn resource(
     if r.subresource.is_some() && !matches!(r.verb, "get" | "update" | "patch") {
         return Err(ApiError::method_not_allowed());
     }
-    crate::certificates::admit(state, &def, &r, _user).await?;
+    let admission = crate::certificates::admit(state, &def, &r, _user).await?;
     if def.review {
         if r.verb != "create" {
             return Err(ApiError::method_not_allowed());
@@ -599,7 +599,8 @@ async fn resource(
             let obj = parse_json(&body)?;
             let warnings = check_unknown_fields(&def, &obj, validation)?;
             let updated = storage
-                .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |_| {
+                .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
+                    admission.check(current, &obj)?;
                     Ok(obj.clone())
                 })
                 .await?;
@@ -617,6 +618,7 @@ async fn resource(
             let result = storage
                 .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
                     let patched = apply_patch(current, kind, &body)?;
+                    admission.check(current, &patched)?;
                     warnings = check_unknown_fields(&def, &patched, validation)?;
                     Ok(patched)
                 })

@@ -299,7 +299,7 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
         "metadata": {"name": "csr-requester"},
         "rules": [
             {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list"]},
-            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update", "patch"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval", "certificatesigningrequests/status"], "verbs": ["update", "patch"]},
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "csr-requester"},
@@ -337,7 +337,7 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
     let groups = created.spec.groups.clone().unwrap_or_default();
     ensure!(groups.contains(&"dev".to_string()) && !groups.contains(&"system:masters".to_string()));
 
-    // alice may update approvals but may not approve for this signer.
+    // alice may update approvals and status but may neither approve nor sign for this signer.
     let denied = alice_csrs
         .patch_approval(
             "robot",
@@ -389,10 +389,11 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
             .filter(|c| !c.0.is_empty()))
     })
     .await?;
+    let certificate_pem = String::from_utf8(certificate.0)?;
     let robot = cert_client(
         &hub,
         &CertKey {
-            cert_pem: String::from_utf8(certificate.0)?,
+            cert_pem: certificate_pem.clone(),
             key_pem: key.serialize_pem(),
         },
     )
@@ -455,6 +456,19 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
     })
     .await?;
     ensure!(failed.reason.as_deref() == Some("SignerValidationFailure"));
+    let forged = json!({"status": {"certificate": k8s_openapi::ByteString(certificate_pem.clone().into_bytes())}});
+    match alice_csrs
+        .patch_status("server", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => ensure!(
+            s.message
+                .contains("user not permitted to sign requests with signerName"),
+            "{}",
+            s.message
+        ),
+        other => bail!("setting a certificate without `sign`: {other:?}"),
+    }
     ensure!(
         admin_csrs
             .get("server")
