@@ -450,6 +450,21 @@ fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, A
     Ok(doc)
 }
 
+/// Whether a patch names a resourceVersion itself (then a stale one is 409).
+fn patch_sets_resource_version(kind: PatchType, body: &[u8]) -> bool {
+    match kind {
+        PatchType::Json => serde_json::from_slice::<Vec<Value>>(body).is_ok_and(|ops| {
+            ops.iter().any(|op| {
+                op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion")
+            })
+        }),
+        PatchType::Merge | PatchType::Apply | PatchType::Strategic => parse_json(body)
+            .ok()
+            .and_then(|p| p.pointer("/metadata/resourceVersion").cloned())
+            .is_some_and(|rv| !rv.is_null()),
+    }
+}
+
 async fn resource(
     state: &AppState,
     r: ResourceRequest,
@@ -614,10 +629,17 @@ async fn resource(
             let validation = field_validation(query)?;
             let (headers, body) = read_body(req).await?;
             let kind = patch_type(&headers, &def)?;
+            let precondition = patch_sets_resource_version(kind, &body);
             let mut warnings = Vec::new();
             let result = storage
                 .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
-                    let patched = apply_patch(current, kind, &body)?;
+                    let mut patched = apply_patch(current, kind, &body)?;
+                    if !precondition {
+                        // The current object's resourceVersion is no precondition of the
+                        // client's: a patch that lost a race is applied again to the new
+                        // object, as kube-apiserver retries it, not answered 409.
+                        crate::storage::meta_mut(&mut patched).remove("resourceVersion");
+                    }
                     admission.check(current, &patched)?;
                     warnings = check_unknown_fields(&def, &patched, validation)?;
                     Ok(patched)

@@ -768,3 +768,37 @@ async fn a_kube_runtime_controller_reconciles_against_it() -> anyhow::Result<()>
     task.abort();
     done
 }
+
+/// Concurrent patches that name no resourceVersion never conflict: each is applied to the
+/// object as it is when it is written (kube-apiserver retries them), so none is lost; a patch
+/// that names a stale resourceVersion is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_without_a_resource_version_all_apply() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    let client = hub.client().await?;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let created = api
+        .create(&PostParams::default(), &cm("shared", &[]))
+        .await?;
+    let patches = (0..32).map(|i| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"metadata": {"labels": {format!("writer-{i}"): "yes"}}});
+            api.patch("shared", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    });
+    for result in futures::future::join_all(patches).await {
+        result.context("a patch without a resourceVersion")?;
+    }
+    let labels = api.get("shared").await?.metadata.labels.unwrap_or_default();
+    anyhow::ensure!(labels.len() == 32, "every patch applied: {labels:?}");
+    let stale = json!({"metadata": {"resourceVersion": created.metadata.resource_version, "labels": {"late": "yes"}}});
+    let err = api
+        .patch("shared", &PatchParams::default(), &Patch::Merge(&stale))
+        .await
+        .err()
+        .context("a stale resourceVersion is refused")?;
+    anyhow::ensure!(api_error(err)?.code == 409);
+    Ok(())
+}
