@@ -426,6 +426,27 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
     })
     .await?;
 
+    // The hub restarts: its CA and signing keys persist, so the agent's certificate still
+    // works and it goes on renewing its lease (the hub-side loops reconnect by themselves).
+    fleet.restart_hub().await?;
+    let renewed_before = common::eventually(
+        Duration::from_secs(30),
+        "the hub serving again",
+        async || Ok(lease_renewed(&hub, "east").await.ok()),
+    )
+    .await?;
+    common::eventually(
+        Duration::from_secs(30),
+        "the lease renewed after the hub restarted",
+        async || {
+            Ok(lease_renewed(&hub, "east")
+                .await
+                .ok()
+                .filter(|renewed| *renewed > renewed_before))
+        },
+    )
+    .await?;
+
     // Unjoin: the hub forgets the cluster, the agent notices, cleans its member and exits.
     let unjoined = inventory::unjoin(
         &hub,
