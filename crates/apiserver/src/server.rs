@@ -655,6 +655,7 @@ async fn resource(
                     let mut obj = parse_json(&body)?;
                     crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
                     let warnings = check_unknown_fields(&def, &obj, validation)?;
+                    let obj = crate::certificates::on_create(&def, obj, _user)?;
                     let created = storage.create(&def, ns, obj, dry).await?;
                     Ok(with_warnings(
                         json_response(StatusCode::CREATED, &created),

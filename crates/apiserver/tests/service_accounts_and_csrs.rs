@@ -298,7 +298,7 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "csr-requester"},
         "rules": [
-            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get", "list", "patch"]},
             {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval", "certificatesigningrequests/status"], "verbs": ["update", "patch"]},
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -485,8 +485,18 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
     alice_csrs.create(&PostParams::default(), &csr).await?;
     // kubectl's own approval command (a PUT of the whole object to /approval).
     hub.kubectl_ok(&["certificate", "deny", "denied"])?;
+    // Server-side apply creates with the requester's identity too.
+    let (csr, _) = csr_for("applied", "applied", "robots", &["client auth"])?;
+    let applied = alice_csrs
+        .patch("applied", &PatchParams::apply("test"), &Patch::Apply(&csr))
+        .await?;
+    ensure!(
+        applied.spec.username.as_deref() == Some("alice"),
+        "{:?}",
+        applied.spec.username
+    );
     let listed = admin_csrs.list(&ListParams::default()).await?;
-    ensure!(listed.items.len() == 3);
+    ensure!(listed.items.len() == 4);
 
     // kubectl prints it as it prints CSRs from kube-apiserver.
     let table = hub.kubectl_ok(&["get", "csr"])?;
