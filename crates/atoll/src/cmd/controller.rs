@@ -1,17 +1,30 @@
 //! `atoll controller`: every hub-side controller in one process, against any Kubernetes hub,
-//! with leader election so that two replicas can run.
+//! with leader election so that two replicas can run. `atoll hub` runs the same controllers
+//! ([`run_controllers`]) inside itself, over its in-process client.
 
+use std::future::Future;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use atoll_controllers::inventory::{self, DEFAULT_MANAGER_NAMESPACE, status::HealthConfig};
 use atoll_controllers::leader::{Elector, LeaseConfig};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta};
 use tracing::info;
 
 use crate::connect::ClusterArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    options: ControllerOptions,
+    #[command(flatten)]
+    hub: ClusterArgs,
+}
+
+/// How the hub-side controllers run; shared by `atoll controller` and `atoll hub`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerOptions {
     /// Hub namespace that holds ClusterProfiles and the leader-election Lease.
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
@@ -38,8 +51,6 @@ pub struct Args {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "atoll-controller")]
     lease_name: String,
-    #[command(flatten)]
-    hub: ClusterArgs,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -50,6 +61,17 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    run_controllers(hub, args.options, shutdown_signal()).await
+}
+
+/// Campaigns for leadership on `hub`, then runs every hub-side controller until `shutdown`
+/// resolves or leadership is lost (an error, so that a restart campaigns again).
+pub async fn run_controllers(
+    hub: kube::Client,
+    args: ControllerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let health = HealthConfig {
         period: seconds("health-period", args.health_period)?,
         timeout: seconds("health-timeout", args.health_timeout)?,
@@ -57,7 +79,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         success_threshold: args.success_threshold,
         lease_grace: seconds("agent-lease-grace", args.agent_lease_grace)?,
     };
-    let hub = args.hub.client().await?;
+    // The leader-election Lease and the ClusterProfiles live here; a fresh hub has no such
+    // namespace yet.
+    let manager_namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(args.manager_namespace.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    atoll_controllers::kubeutil::ensure_namespace(
+        &Api::all(hub.clone()),
+        &manager_namespace,
+        Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| format!("creating the manager namespace {}", args.manager_namespace))?;
     let identity = format!(
         "{}-{}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "atoll".into()),
@@ -73,7 +110,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             renew_every: Duration::from_secs(5),
         },
     );
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
     info!(%identity, "waiting for leadership");

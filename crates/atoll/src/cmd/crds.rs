@@ -25,3 +25,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Creates Atoll's CRDs on a hub, or replaces them where they differ, and waits until each is
+/// Established. Safe to repeat (every start of `atoll hub` does it).
+pub async fn install(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in atoll_api::crds()? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        match api.get_opt(&name).await? {
+            None => {
+                api.create(&PostParams::default(), &crd)
+                    .await
+                    .with_context(|| format!("creating CRD {name}"))?;
+            }
+            Some(existing) if existing.spec != crd.spec => {
+                let mut desired = crd;
+                desired.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &desired)
+                    .await
+                    .with_context(|| format!("updating CRD {name}"))?;
+            }
+            Some(_) => {}
+        }
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not Established within 60 s"))?
+        .with_context(|| format!("waiting for CRD {name}"))?;
+    }
+    Ok(())
+}

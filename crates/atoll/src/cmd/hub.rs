@@ -1,5 +1,7 @@
 //! `atoll hub` (alias `up`): Atoll's own Kubernetes-compatible API server with an embedded
-//! store, in one process.
+//! store, in one process, with Atoll's CRDs installed and every hub-side controller running
+//! inside it over the in-process client. `--api-only` serves the bare Kubernetes API, as the
+//! lightweight member clusters of fleet simulations need.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +13,8 @@ use atoll_store::Store;
 use atoll_store::memory::MemoryStore;
 use atoll_store::redb::{RedbOptions, RedbStore};
 
-use crate::cmd::controller::shutdown_signal;
+use crate::cmd::controller::{ControllerOptions, run_controllers, shutdown_signal};
+use crate::cmd::crds;
 
 /// Where objects are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,6 +43,12 @@ pub struct Args {
     /// Extra DNS names or IPs for the serving certificate (first start only).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
+    /// Serve the Kubernetes API only: no Atoll CRDs and no Atoll controllers (for lightweight
+    /// member clusters and simulations).
+    #[arg(long)]
+    api_only: bool,
+    #[command(flatten)]
+    controllers: ControllerOptions,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -77,8 +86,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Atoll hub serving on https://{}", hub.addr);
     println!("Admin kubeconfig: {}", hub.admin_kubeconfig.display());
     println!("  export KUBECONFIG={}", hub.admin_kubeconfig.display());
-    shutdown_signal().await;
+    if args.api_only {
+        shutdown_signal().await;
+    } else {
+        let client = hub.server().client();
+        tokio::select! {
+            () = shutdown_signal() => {}
+            outcome = run_atoll(client, args.controllers) => outcome?,
+        }
+    }
     tracing::info!("shutting down");
     hub.shutdown().await;
     Ok(())
+}
+
+/// Installs Atoll's CRDs, then runs the controllers for as long as the hub serves. Losing
+/// leadership (to another hub sharing the same etcd) is not fatal here: the API keeps being
+/// served and the controllers campaign again.
+async fn run_atoll(client: kube::Client, options: ControllerOptions) -> anyhow::Result<()> {
+    crds::install(&client).await?;
+    println!("Atoll CRDs installed; hub controllers starting");
+    loop {
+        if let Err(error) =
+            run_controllers(client.clone(), options.clone(), std::future::pending()).await
+        {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "hub controllers stopped; restarting"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
