@@ -74,7 +74,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 }
 
 /// Writes a file readable by its owner only (keys, kubeconfigs with keys).
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()

@@ -78,7 +78,7 @@ impl ServiceAccountKey {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let pem = rcgen::KeyPair::generate()?.serialize_pem();
-                write_private(&path, &pem)?;
+                crate::pki::write_private(&path, &pem)?;
                 pem
             }
             Err(e) => return Err(io(e)),
@@ -169,26 +169,6 @@ impl ServiceAccountKey {
             .ok()
             .map(|data| data.claims)
     }
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| PkiError::Io { path: p, source }
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(contents.as_bytes()).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// An object a token names: its ServiceAccount, or the object it is bound to.
