@@ -1011,9 +1011,13 @@ impl Storage {
         list: &ListOptions,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        let listed = self.list(def, namespace, list).await?;
+        let mut listed = self.list(def, namespace, list).await?;
+        let listed_items = match listed["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         let mut items = Vec::new();
-        for item in listed["items"].as_array().cloned().unwrap_or_default() {
+        for item in listed_items {
             let ns = namespace_of(&item).map(str::to_string);
             match self.delete(def, ns.as_deref(), name_of(&item), opts).await {
                 Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
@@ -1045,7 +1049,7 @@ impl Storage {
         let (initial, start) = match rv {
             Some(rv) => (Vec::new(), parse_rv(rv)? + 1),
             None => {
-                let list = self
+                let mut list = self
                     .list(
                         &def,
                         namespace,
@@ -1060,21 +1064,21 @@ impl Storage {
                     .as_str()
                     .and_then(|s| s.parse::<Revision>().ok())
                     .unwrap_or(0);
-                let items: Vec<Event> = list["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|mut object| {
-                        // Watch events always carry apiVersion and kind.
-                        object["apiVersion"] = json!(def.api_version());
-                        object["kind"] = json!(def.kind);
-                        Event::Object {
-                            kind: "ADDED",
-                            object,
-                        }
-                    })
-                    .collect();
+                let items: Vec<Event> = match list["items"].take() {
+                    Value::Array(items) => items,
+                    _ => Vec::new(),
+                }
+                .into_iter()
+                .map(|mut object| {
+                    // Watch events always carry apiVersion and kind.
+                    object["apiVersion"] = json!(def.api_version());
+                    object["kind"] = json!(def.kind);
+                    Event::Object {
+                        kind: "ADDED",
+                        object,
+                    }
+                })
+                .collect();
                 (items, revision + 1)
             }
         };
