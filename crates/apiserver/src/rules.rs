@@ -708,6 +708,49 @@ mod tests {
     }
 
     #[test]
+    fn root_rules_see_the_name_and_transition_rules_follow_map_list_keys() -> Result<(), String> {
+        let s = json!({
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.metadata.name.startsWith('p-')", "fieldPath": ".spec"}
+            ],
+            "properties": {
+                "metadata": {"type": "object"},
+                "spec": {"type": "object", "properties": {
+                    "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                        "x-kubernetes-list-map-keys": ["name"],
+                        "items": {"type": "object",
+                            "x-kubernetes-validations": [{"rule": "self.number == oldSelf.number", "message": "number is immutable"}],
+                            "properties": {"name": {"type": "string"}, "number": {"type": "integer"}}}}
+                }}
+            }
+        });
+        let rules = compile(&s)
+            .map_err(|c| format!("{c:?}"))?
+            .ok_or("no rules")?;
+        let old = json!({"metadata": {"name": "p-1", "uid": "u"}, "spec": {"ports": [{"name": "a", "number": 1}]}});
+        // On create, the transition rule does not run.
+        assert_eq!(evaluate(&s, &rules, &old, None), vec![]);
+        // A new item has no old self; a moved item is matched by its key.
+        let moved = json!({"metadata": {"name": "p-1"}, "spec": {"ports": [{"name": "b", "number": 9}, {"name": "a", "number": 1}]}});
+        assert_eq!(evaluate(&s, &rules, &moved, Some(&old)), vec![]);
+        let changed =
+            json!({"metadata": {"name": "x"}, "spec": {"ports": [{"name": "a", "number": 2}]}});
+        let texts: Vec<String> = evaluate(&s, &rules, &changed, Some(&old))
+            .iter()
+            .map(Cause::to_text)
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "spec: Invalid value: \"object\": failed rule: self.metadata.name.startsWith('p-')",
+                "spec.ports[0]: Invalid value: \"object\": number is immutable",
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn bad_rules_do_not_compile() {
         let s = json!({"type": "object", "properties": {"spec": {"type": "object",
             "x-kubernetes-validations": [{"rule": "self.a <"}, {"rule": "other == 1"}, {"rule": "self.all(k, k != '')"}]}}});
