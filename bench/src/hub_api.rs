@@ -19,6 +19,8 @@ pub struct Options {
     pub objects: usize,
     pub watchers: usize,
     pub atoll: PathBuf,
+    /// Another atoll binary (an earlier build) measured in the same run, for before/after.
+    pub baseline: Option<PathBuf>,
 }
 
 struct Figures {
@@ -28,6 +30,8 @@ struct Figures {
     watch_p50_ms: f64,
     watch_p99_ms: f64,
     rss_mib: f64,
+    /// Resident memory once the objects are stored, before any list.
+    rss_filled_mib: f64,
 }
 
 fn configmap(name: &str) -> anyhow::Result<ConfigMap> {
@@ -172,21 +176,27 @@ async fn measure(client: &kube::Client, pids: &[u32], opts: &Options) -> anyhow:
     let create_1 = create_rate(client, "bench-create", "one", opts.creates, 1).await?;
     let create_32 = create_rate(client, "bench-create", "many", opts.creates, 32).await?;
     create_rate(client, "bench-fill", "fill", opts.objects, 32).await?;
+    let rss_filled_mib = rss_mib(pids);
     let list_ms = list_ms(client, "bench-fill", opts.objects).await?;
     let (watch_p50_ms, watch_p99_ms) =
         watch_latency(client, "bench-watch", opts.watchers, 20).await?;
-    let rss_kib: u64 = pids
-        .iter()
-        .map(|pid| crate::rss_kib(*pid).unwrap_or(0))
-        .sum();
     Ok(Figures {
         create_1,
         create_32,
         list_ms,
         watch_p50_ms,
         watch_p99_ms,
-        rss_mib: rss_kib as f64 / 1024.0,
+        rss_mib: rss_mib(pids),
+        rss_filled_mib,
     })
+}
+
+fn rss_mib(pids: &[u32]) -> f64 {
+    let kib: u64 = pids
+        .iter()
+        .map(|pid| crate::rss_kib(*pid).unwrap_or(0))
+        .sum();
+    kib as f64 / 1024.0
 }
 
 fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
@@ -227,41 +237,61 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let kube = measure(&kube_client, &testbed.pids(), &opts).await?;
     drop(testbed);
 
+    let mut hubs = Vec::new();
+    if let Some(baseline) = &opts.baseline {
+        hubs.push((
+            "atoll hub (redb), baseline build",
+            measure_hub(baseline, &opts).await?,
+        ));
+    }
+    hubs.push(("atoll hub (redb)", measure_hub(&opts.atoll, &opts).await?));
+
+    println!(
+        "| server | creates/s, 1 client | creates/s, 32 clients | list {} (ms) | watch p50 / p99 to {} watchers (ms) | RSS at {} objects, before lists (MiB) | RSS at {} objects (MiB) |",
+        opts.objects,
+        opts.watchers,
+        opts.objects + 2 * opts.creates,
+        opts.objects + 2 * opts.creates
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let all = std::iter::once(("kube-apiserver 1.20 + etcd", &kube))
+        .chain(hubs.iter().map(|(name, f)| (*name, f)));
+    for (name, f) in all {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+            f.create_1,
+            f.create_32,
+            f.list_ms,
+            f.watch_p50_ms,
+            f.watch_p99_ms,
+            f.rss_filled_mib,
+            f.rss_mib
+        );
+    }
+    for (name, atoll) in &hubs {
+        println!(
+            "{name} / kube: create x{:.2} (1 client), x{:.2} (32 clients); memory {:.2} of kube-apiserver+etcd",
+            atoll.create_1 / kube.create_1,
+            atoll.create_32 / kube.create_32,
+            atoll.rss_mib / kube.rss_mib
+        );
+    }
+    Ok(())
+}
+
+/// Starts `atoll hub` from `binary` on a fresh data directory and measures it.
+async fn measure_hub(binary: &Path, opts: &Options) -> anyhow::Result<Figures> {
     let dir = tempfile_dir()?;
-    let mut hub = start_hub(&opts.atoll, &dir)?;
+    let mut hub = start_hub(binary, &dir)?;
     let result = async {
         let client = client_from(&dir.join("admin.kubeconfig")).await?;
-        measure(&client, &[hub.id()], &opts).await
+        measure(&client, &[hub.id()], opts).await
     }
     .await;
     let _ = hub.kill();
     let _ = hub.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    let atoll = result?;
-
-    println!(
-        "| server | creates/s, 1 client | creates/s, 32 clients | list {} (ms) | watch p50 / p99 to {} watchers (ms) | RSS at {} objects (MiB) |",
-        opts.objects,
-        opts.watchers,
-        opts.objects + 2 * opts.creates
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, f) in [
-        ("kube-apiserver 1.20 + etcd", &kube),
-        ("atoll hub (redb)", &atoll),
-    ] {
-        println!(
-            "| {name} | {:.0} | {:.0} | {:.1} | {:.1} / {:.1} | {:.1} |",
-            f.create_1, f.create_32, f.list_ms, f.watch_p50_ms, f.watch_p99_ms, f.rss_mib
-        );
-    }
-    println!(
-        "atoll/kube: create x{:.2} (1 client), x{:.2} (32 clients); memory {:.2} of kube-apiserver+etcd",
-        atoll.create_1 / kube.create_1,
-        atoll.create_32 / kube.create_32,
-        atoll.rss_mib / kube.rss_mib
-    );
-    Ok(())
+    result
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

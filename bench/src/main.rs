@@ -127,6 +127,9 @@ enum Bench {
         /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
+        /// An earlier atoll binary measured in the same run (before/after comparisons).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Txn throughput, range latency and watch fan-out of the storage backends.
     Store {
@@ -204,12 +207,14 @@ async fn main() -> anyhow::Result<()> {
             objects,
             watchers,
             atoll,
+            baseline,
         } => {
             hub_api::run(hub_api::Options {
                 creates,
                 objects,
                 watchers,
                 atoll,
+                baseline,
             })
             .await
         }

@@ -449,6 +449,8 @@ async fn gc_pass(
                 limit: 1000,
                 revision,
                 count_only: false,
+                // Each page must not count the rest of the store.
+                stop_at_limit: true,
             })
             .await?;
         revision = resp.revision;

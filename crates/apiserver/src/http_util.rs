@@ -17,6 +17,21 @@ pub fn json_response(code: StatusCode, body: &Value) -> Response {
     resp
 }
 
+/// A JSON response sent as the concatenation of its parts.
+pub fn json_parts_response(code: StatusCode, parts: [bytes::Bytes; 2]) -> Response {
+    let len: usize = parts.iter().map(bytes::Bytes::len).sum();
+    let stream = futures::stream::iter(parts.map(Ok::<_, std::convert::Infallible>));
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
 /// A plain-text response (health endpoints answer `ok`).
 pub fn text_response(code: StatusCode, body: &'static str) -> Response {
     let mut resp = Response::new(Body::from(body));

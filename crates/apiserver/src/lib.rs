@@ -27,6 +27,7 @@ pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod reviews;
+pub mod rules;
 pub mod schema;
 pub mod selector;
 pub mod serve;

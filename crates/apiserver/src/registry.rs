@@ -98,6 +98,9 @@ pub struct ResourceDef {
     pub review: bool,
     /// The OpenAPI v3 schema of a custom resource version, when it has one.
     pub schema: Option<Value>,
+    /// The schema's CEL rules (`x-kubernetes-validations`), compiled once when the CRD's
+    /// kinds start being served; `None` when it has none.
+    pub rules: Option<std::sync::Arc<crate::rules::RuleNode>>,
     /// Extra `kubectl get` columns after NAME.
     pub printer_columns: Vec<PrinterColumn>,
 }
@@ -379,6 +382,7 @@ fn builtin_def(b: &Builtin) -> ResourceDef {
         custom: false,
         review: matches!(b.group, "authorization.k8s.io" | "authentication.k8s.io"),
         schema: None,
+        rules: None,
         printer_columns: Vec::new(),
     }
 }
@@ -640,6 +644,16 @@ pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
             .get("schema")
             .and_then(|s| s.get("openAPIV3Schema"))
             .cloned();
+        // The CRD's own validation refused rules that do not compile; one that still does
+        // not (a CRD stored before rules were checked) is left out rather than failing all.
+        let rules = match schema.as_ref().map(crate::rules::compile) {
+            Some(Ok(rules)) => rules,
+            Some(Err(causes)) => {
+                tracing::warn!(crd = %format!("{plural}.{group}"), ?causes, "CEL rules that do not compile are ignored");
+                None
+            }
+            None => None,
+        };
         let printer_columns = v
             .get("additionalPrinterColumns")
             .and_then(Value::as_array)
@@ -678,6 +692,7 @@ pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
             custom: true,
             review: false,
             schema,
+            rules,
             printer_columns,
         });
     }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Authn, ConnectionIdentity, TokenTable, UserInfo, authenticate};
 use crate::error::ApiError;
-use crate::http_util::{json_response, text_response};
+use crate::http_util::{json_parts_response, json_response, text_response};
 use crate::registry::{Registry, ResourceDef};
 use crate::request::{Query, RequestTarget, ResourceRequest, parse_target};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -534,14 +534,15 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &obj))
         }
         "list" => {
-            let list = storage.list(&def, ns, &list_options(query)?).await?;
             if table {
+                let list = storage.list(&def, ns, &list_options(query)?).await?;
                 return Ok(json_response(
                     StatusCode::OK,
                     &table::to_table(&def, &list, &include_object),
                 ));
             }
-            Ok(json_response(StatusCode::OK, &list))
+            let parts = storage.list_json(&def, ns, &list_options(query)?).await?;
+            Ok(json_parts_response(StatusCode::OK, parts))
         }
         "watch" => {
             let mut field = query.get("fieldSelector").unwrap_or_default().to_string();

@@ -234,6 +234,9 @@ struct ContinueToken {
     start: String,
 }
 
+/// Keys read per store range while listing without a limit.
+const LIST_PAGE: usize = 500;
+
 fn encode_continue(rv: Revision, start: &str) -> String {
     let token = ContinueToken {
         v: "meta.k8s.io/v1".into(),
@@ -302,6 +305,7 @@ impl Storage {
                 limit: 1,
                 revision,
                 count_only: false,
+                stop_at_limit: false,
             })
             .await?;
         match resp.kvs.first() {
@@ -347,6 +351,65 @@ impl Storage {
         def: &ResourceDef,
         namespace: Option<&str>,
         opts: &ListOptions,
+    ) -> Result<Value, ApiError> {
+        let mut items = Vec::new();
+        let metadata = self
+            .list_each(def, namespace, opts, |obj| {
+                items.push(obj);
+                Ok(())
+            })
+            .await?;
+        Ok(json!({
+            "kind": def.list_kind,
+            "apiVersion": def.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// Lists as [`Storage::list`] does, straight into the JSON of the list: only one item is a JSON tree at a time, so
+    /// a large list costs its encoded size rather than a tree per object.
+    pub async fn list_json(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<[Bytes; 2], ApiError> {
+        let mut items = Vec::new();
+        let metadata = self
+            .list_each(def, namespace, opts, |obj| {
+                items.push(if items.is_empty() { b'[' } else { b',' });
+                serde_json::to_writer(&mut items, &obj)
+                    .map_err(|e| ApiError::internal(e.to_string()))
+            })
+            .await?;
+        if items.is_empty() {
+            items.push(b'[');
+        }
+        items.push(b']');
+        items.push(b'}');
+        let encode =
+            |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()));
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(b"{\"kind\":");
+        head.extend(encode(&json!(def.list_kind))?);
+        head.extend_from_slice(b",\"apiVersion\":");
+        head.extend(encode(&json!(def.api_version()))?);
+        head.extend_from_slice(b",\"metadata\":");
+        head.extend(encode(&metadata)?);
+        head.extend_from_slice(b",\"items\":");
+        // Two parts, so the items are never copied into one buffer with the head.
+        Ok([Bytes::from(head), Bytes::from(items)])
+    }
+
+    /// The listing behind [`Storage::list`]: each selected item in key order to `each`; returns
+    /// the list's metadata (resourceVersion, continue).
+    async fn list_each(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+        mut each: impl FnMut(Value) -> Result<(), ApiError> + Send,
     ) -> Result<Value, ApiError> {
         let prefix = def.list_prefix(namespace);
         let end = prefix_end(&prefix);
@@ -421,10 +484,12 @@ impl Storage {
             None => (start.clone(), end.clone()),
         };
         start = range_start;
-        let mut items = Vec::new();
+        let mut listed = 0;
         let mut next: Option<String> = None;
+        // Read in pages at one revision even without a limit, as kube-apiserver reads etcd,
+        // so a large list never holds every stored value at once.
         let batch = if opts.limit == 0 {
-            0
+            LIST_PAGE
         } else {
             (opts.limit + 1).max(64)
         };
@@ -437,12 +502,13 @@ impl Storage {
                     limit: batch,
                     revision,
                     count_only: false,
+                    stop_at_limit: true,
                 })
                 .await?;
             revision = resp.revision;
             let mut last_key = None;
             for kv in &resp.kvs {
-                if opts.limit > 0 && items.len() == opts.limit {
+                if opts.limit > 0 && listed == opts.limit {
                     next = Some(kv.key.clone());
                     break;
                 }
@@ -457,7 +523,8 @@ impl Storage {
                         o.remove("apiVersion");
                         o.remove("kind");
                     }
-                    items.push(obj);
+                    listed += 1;
+                    each(obj)?;
                 }
             }
             if next.is_some() || !resp.more {
@@ -473,12 +540,7 @@ impl Storage {
             let relative = next_key.strip_prefix(&prefix).unwrap_or(&next_key);
             metadata["continue"] = json!(encode_continue(revision, relative));
         }
-        Ok(json!({
-            "kind": def.list_kind,
-            "apiVersion": def.api_version(),
-            "metadata": metadata,
-            "items": items,
-        }))
+        Ok(metadata)
     }
 
     async fn check_namespace(&self, def: &ResourceDef, namespace: &str) -> Result<(), ApiError> {
@@ -949,9 +1011,13 @@ impl Storage {
         list: &ListOptions,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        let listed = self.list(def, namespace, list).await?;
+        let mut listed = self.list(def, namespace, list).await?;
+        let listed_items = match listed["items"].take() {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        };
         let mut items = Vec::new();
-        for item in listed["items"].as_array().cloned().unwrap_or_default() {
+        for item in listed_items {
             let ns = namespace_of(&item).map(str::to_string);
             match self.delete(def, ns.as_deref(), name_of(&item), opts).await {
                 Ok(Deleted::Gone(obj) | Deleted::Pending(obj)) => items.push(obj),
@@ -983,7 +1049,7 @@ impl Storage {
         let (initial, start) = match rv {
             Some(rv) => (Vec::new(), parse_rv(rv)? + 1),
             None => {
-                let list = self
+                let mut list = self
                     .list(
                         &def,
                         namespace,
@@ -998,21 +1064,21 @@ impl Storage {
                     .as_str()
                     .and_then(|s| s.parse::<Revision>().ok())
                     .unwrap_or(0);
-                let items: Vec<Event> = list["items"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|mut object| {
-                        // Watch events always carry apiVersion and kind.
-                        object["apiVersion"] = json!(def.api_version());
-                        object["kind"] = json!(def.kind);
-                        Event::Object {
-                            kind: "ADDED",
-                            object,
-                        }
-                    })
-                    .collect();
+                let items: Vec<Event> = match list["items"].take() {
+                    Value::Array(items) => items,
+                    _ => Vec::new(),
+                }
+                .into_iter()
+                .map(|mut object| {
+                    // Watch events always carry apiVersion and kind.
+                    object["apiVersion"] = json!(def.api_version());
+                    object["kind"] = json!(def.kind);
+                    Event::Object {
+                        kind: "ADDED",
+                        object,
+                    }
+                })
+                .collect();
                 (items, revision + 1)
             }
         };

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use crate::error::Cause;
 use crate::registry::ResourceDef;
-use crate::schema;
 use crate::storage::{finalizers, name_of};
+use crate::{rules, schema};
 
 fn is(def: &ResourceDef, group: &str, kind: &str) -> bool {
     def.group == group && def.kind == kind
@@ -261,6 +261,21 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         && let Some(schema) = &def.schema
     {
         causes.extend(schema::validate(schema, obj));
+        if let Some(compiled) = &def.rules {
+            // As upstream: rules would only see a value of the wrong type, so they wait.
+            let blocking = causes
+                .iter()
+                .any(|c| matches!(c.reason, "FieldValueTypeInvalid" | "FieldValueNotSupported"));
+            if blocking {
+                causes.push(Cause::invalid(
+                    "<nil>",
+                    &Value::Null,
+                    "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                ));
+            } else {
+                causes.extend(rules::evaluate(schema, compiled, obj, old));
+            }
+        }
     }
     causes
 }
@@ -338,6 +353,12 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
                     c.field = format!("spec.versions[{i}].schema.openAPIV3Schema{}", c.field);
                     c
                 }));
+                if let Err(bad_rules) = rules::compile(schema) {
+                    causes.extend(bad_rules.into_iter().map(|mut c| {
+                        c.field = format!("spec.versions[{i}].schema.openAPIV3Schema{}", c.field);
+                        c
+                    }));
+                }
             } else {
                 causes.push(Cause::required(
                     format!("spec.versions[{i}].schema.openAPIV3Schema"),

@@ -291,6 +291,73 @@ async fn lists_page_over_one_snapshot_and_select_by_label_and_field() -> anyhow:
 }
 
 #[tokio::test]
+async fn large_lists_read_the_store_in_pages_and_miss_nothing() -> anyhow::Result<()> {
+    let hub = TestHub::start().await?;
+    // More objects than the server reads per store page (500), written straight to the store.
+    let total = 1234;
+    for chunk in (0..total).collect::<Vec<usize>>().chunks(100) {
+        let success = chunk
+            .iter()
+            .map(|i| {
+                let name = format!("cm-{i:04}");
+                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": "default", "uid": format!("u-{i}")},
+                    "data": {"i": i.to_string()}});
+                atoll_store::Op::Put {
+                    key: format!("/registry/core/configmaps/default/{name}"),
+                    value: serde_json::to_vec(&obj).unwrap_or_default().into(),
+                }
+            })
+            .collect();
+        hub.store
+            .txn(atoll_store::Txn {
+                compares: vec![],
+                success,
+                failure: vec![],
+            })
+            .await?;
+    }
+    let api: Api<ConfigMap> = Api::namespaced(hub.client().await?, "default");
+    let expected: Vec<String> = (0..total).map(|i| format!("cm-{i:04}")).collect();
+    let names = |items: &[ConfigMap]| -> Vec<String> {
+        items
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect()
+    };
+    let all = api.list(&ListParams::default()).await?;
+    assert_eq!(names(&all.items), expected);
+    assert!(
+        all.metadata
+            .continue_
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    // Pages larger than one store page, and a label selector that skips most objects.
+    let first = api.list(&ListParams::default().limit(700)).await?;
+    let token = first.metadata.continue_.clone().context("continue")?;
+    let rest = api
+        .list(&ListParams::default().limit(700).continue_token(&token))
+        .await?;
+    assert!(
+        rest.metadata
+            .continue_
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let mut paged = names(&first.items);
+    paged.extend(names(&rest.items));
+    assert_eq!(paged, expected);
+    let one = api
+        .list(&ListParams::default().fields("metadata.name=cm-1200"))
+        .await?;
+    assert_eq!(names(&one.items), vec!["cm-1200".to_string()]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn watches_resume_without_gaps_and_expire_after_compaction() -> anyhow::Result<()> {
     let store = Arc::new(MemoryStore::with_options(MemoryOptions {
         watch: StoreWatchOptions {

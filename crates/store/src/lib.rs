@@ -135,6 +135,11 @@ pub struct RangeRequest {
     pub revision: Revision,
     /// Count matching keys only; `kvs` stays empty.
     pub count_only: bool,
+    /// Stop at the first key past `limit` instead of counting the rest of the range: `more`
+    /// is still exact, but `count` then covers only the keys read. For reading a large range
+    /// in pages without visiting the whole remainder for every page (etcd counts from its
+    /// in-memory index, so it may ignore this).
+    pub stop_at_limit: bool,
 }
 
 /// The result of a range read.

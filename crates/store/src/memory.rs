@@ -205,6 +205,9 @@ impl Store for MemoryStore {
             }
             if request.limit > 0 && response.kvs.len() == request.limit {
                 response.more = true;
+                if request.stop_at_limit {
+                    break;
+                }
             } else {
                 response.kvs.push(kv.clone());
             }

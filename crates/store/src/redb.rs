@@ -81,6 +81,10 @@ impl Default for CompactionPolicy {
     }
 }
 
+/// The default size of redb's page cache: the B-tree's inner pages and the recently written
+/// and read leaves of a hub's working set (BENCHMARKS.md, "Hub API server").
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Options of [`RedbStore`].
 #[derive(Debug, Clone)]
 pub struct RedbOptions {
@@ -94,6 +98,11 @@ pub struct RedbOptions {
     pub write_ahead_log: bool,
     /// Make redb durable and empty the log once it holds this many bytes.
     pub checkpoint_bytes: u64,
+    /// redb's page cache (read cache plus write buffer), in bytes. redb's own default is
+    /// 1 GiB, which ends up holding nearly the whole file in the process's memory; pages
+    /// outside a smaller cache are read through the kernel's page cache instead, which the
+    /// process does not pay for.
+    pub cache_bytes: usize,
 }
 
 impl Default for RedbOptions {
@@ -104,6 +113,7 @@ impl Default for RedbOptions {
             max_group: 512,
             write_ahead_log: false,
             checkpoint_bytes: 64 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -161,7 +171,10 @@ fn backend(error: impl Into<::redb::Error>) -> StoreError {
 impl RedbStore {
     /// Opens the store in the redb file at `path`, creating it when absent.
     pub fn open(path: impl AsRef<Path>, options: RedbOptions) -> Result<RedbStore, StoreError> {
-        let db = Database::create(path.as_ref()).map_err(backend)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(path.as_ref())
+            .map_err(backend)?;
         let mut wal_path = path.as_ref().as_os_str().to_owned();
         wal_path.push(".wal");
         let wal_path = std::path::PathBuf::from(wal_path);
@@ -498,6 +511,9 @@ fn range(
             }
             other => {
                 flush(other, &mut response);
+                if request.stop_at_limit && response.more {
+                    return Ok(response);
+                }
                 key.to_owned()
             }
         };

@@ -135,6 +135,7 @@ async fn range_prefix(
             limit,
             revision,
             count_only: false,
+            stop_at_limit: false,
         })
         .await?)
 }
@@ -381,6 +382,26 @@ pub async fn range_limit_more_and_count(store: Arc<dyn Store>) -> anyhow::Result
     let exact = range_prefix(&*store, "/list/", 0, 10).await?;
     ensure!(exact.kvs.len() == 10 && !exact.more);
 
+    // Paging without counting the remainder: `more` stays exact.
+    for (limit, more) in [(3, true), (9, true), (10, false)] {
+        let page = store
+            .range(RangeRequest {
+                start: "/list/".into(),
+                end: prefix_end("/list/"),
+                limit,
+                stop_at_limit: true,
+                ..RangeRequest::default()
+            })
+            .await?;
+        ensure!(
+            page.kvs.len() == limit && page.more == more,
+            "stop_at_limit with limit {limit}: {} keys, more {}",
+            page.kvs.len(),
+            page.more
+        );
+        ensure!(page.kvs[0].key == "/list/k00");
+    }
+
     let counted = store
         .range(RangeRequest {
             start: "/list/".into(),
@@ -442,6 +463,7 @@ pub async fn range_at_an_old_revision_is_a_consistent_snapshot(
                 limit: 2,
                 revision: snapshot,
                 count_only: false,
+                stop_at_limit: false,
             })
             .await?;
         ensure!(page.revision == snapshot);
