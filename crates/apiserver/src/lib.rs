@@ -14,6 +14,7 @@
 //! - [`client`]: a `kube::Client` into the router, for controllers in the same process.
 
 pub mod auth;
+pub mod builtin_openapi;
 pub mod certificates;
 pub mod client;
 pub mod controllers;

@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::{Map, Value, json};
 
+use crate::builtin_openapi::{BuiltinSchemas, Document};
 use crate::registry::{Registry, ResourceDef};
 
 fn gvk(def: &ResourceDef) -> Value {
@@ -75,13 +76,52 @@ fn operation(def: &ResourceDef, action: &str, schema_ref: &str, write: bool) -> 
     })
 }
 
+/// The definition name of each kind, and every schema the document needs: built-in kinds (and
+/// what they refer to) from k8s-openapi, custom resources from their CRDs.
+fn kind_schemas<'a>(
+    defs: impl IntoIterator<Item = &'a ResourceDef>,
+    document: Document,
+) -> (Vec<String>, Map<String, Value>) {
+    let mut builtin = BuiltinSchemas::new(document);
+    let mut names = Vec::new();
+    let mut schemas = Map::new();
+    let mut builtin_kinds = Vec::new();
+    for def in defs {
+        let generated = if def.custom {
+            None
+        } else {
+            builtin.add_kind(&def.group, &def.version, &def.kind)
+        };
+        let name = match generated {
+            Some(name) => {
+                builtin_kinds.push((name.clone(), gvk(def)));
+                name
+            }
+            None => {
+                let name = schema_name(def);
+                schemas.insert(name.clone(), schema_of(def));
+                name
+            }
+        };
+        names.push(name);
+    }
+    for (name, schema) in builtin.into_definitions() {
+        schemas.entry(name).or_insert(schema);
+    }
+    // kubectl finds a kind's schema by this extension.
+    for (name, gvk) in builtin_kinds {
+        if let Some(schema) = schemas.get_mut(&name).and_then(Value::as_object_mut) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+        }
+    }
+    (names, schemas)
+}
+
 fn gv_doc(defs: &[std::sync::Arc<ResourceDef>]) -> Value {
     let mut paths = Map::new();
-    let mut schemas = Map::new();
-    for def in defs {
-        let name = schema_name(def);
+    let (names, mut schemas) = kind_schemas(defs.iter().map(|d| d.as_ref()), Document::V3);
+    for (def, name) in defs.iter().zip(names) {
         let schema_ref = format!("#/components/schemas/{name}");
-        schemas.insert(name, schema_of(def));
         let collection = if def.namespaced {
             format!(
                 "{}/namespaces/{{namespace}}/{}",
@@ -206,10 +246,8 @@ pub fn v3_group_version(registry: &Registry, key: &str) -> Option<Value> {
 
 /// `/openapi/v2`, as JSON.
 pub fn v2(registry: &Registry) -> Value {
-    let mut definitions = Map::new();
-    for def in registry.all() {
-        definitions.insert(schema_name(&def), schema_of(&def));
-    }
+    let all = registry.all();
+    let (_, definitions) = kind_schemas(all.iter().map(|d| d.as_ref()), Document::V2);
     json!({
         "swagger": "2.0",
         "info": {"title": "Kubernetes", "version": "v1.32.0+atoll"},
