@@ -133,270 +133,45 @@ const SETTINGS: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sett
 const APPLIED: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: default\ndata:\n  a: \"1\"\n";
 const APPLIED_CHANGED: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\n  namespace: default\ndata:\n  a: \"2\"\n  b: \"3\"\n";
 
-/// One kubectl step: its name, arguments, stdin, and how stdout is compared (`json`, `yaml`,
-/// `words`, or as text).
+/// One kubectl step: its name, its arguments (split at spaces), stdin, and how stdout is
+/// compared (`json`, `yaml`, `words`, or as text).
 type KubectlStep = (
     &'static str,
-    Vec<&'static str>,
+    &'static str,
     Option<&'static str>,
     Option<&'static str>,
 );
 
 /// The kubectl scenario.
-fn kubectl_scenario() -> Vec<KubectlStep> {
-    vec![
-        ("create", vec!["create", "-f", "-"], Some(SETTINGS), None),
-        (
-            "create again",
-            vec!["create", "-f", "-"],
-            Some(SETTINGS),
-            None,
-        ),
-        (
-            "get -o json",
-            vec![
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "-o",
-                "json",
-            ],
-            None,
-            Some("json"),
-        ),
-        (
-            "get -o yaml",
-            vec![
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "-o",
-                "yaml",
-            ],
-            None,
-            Some("yaml"),
-        ),
-        (
-            "get table",
-            vec!["get", "configmaps", "settings", "-n", "default"],
-            None,
-            None,
-        ),
-        (
-            "get missing",
-            vec!["get", "configmap", "nope", "-n", "default"],
-            None,
-            None,
-        ),
-        (
-            "label",
-            vec![
-                "label",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "tier=web",
-            ],
-            None,
-            None,
-        ),
-        (
-            "label clash",
-            vec!["label", "configmap", "settings", "-n", "default", "tier=db"],
-            None,
-            None,
-        ),
-        (
-            "annotate",
-            vec![
-                "annotate",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "note=kept",
-            ],
-            None,
-            None,
-        ),
-        (
-            "patch merge",
-            vec![
-                "patch",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "--type",
-                "merge",
-                "-p",
-                r#"{"data":{"mode":"slow"}}"#,
-            ],
-            None,
-            None,
-        ),
-        (
-            "patch json",
-            vec![
-                "patch",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "--type",
-                "json",
-                "-p",
-                r#"[{"op":"replace","path":"/data/mode","value":"fast"}]"#,
-            ],
-            None,
-            None,
-        ),
-        (
-            "patch json failing test",
-            vec![
-                "patch",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "--type",
-                "json",
-                "-p",
-                r#"[{"op":"test","path":"/data/mode","value":"slow"}]"#,
-            ],
-            None,
-            None,
-        ),
-        (
-            "get after patches",
-            vec![
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                "default",
-                "-o",
-                "json",
-            ],
-            None,
-            Some("json"),
-        ),
-        (
-            "show labels",
-            vec![
-                "get",
-                "configmaps",
-                "-n",
-                "default",
-                "-l",
-                "app=demo",
-                "--show-labels",
-            ],
-            None,
-            None,
-        ),
-        (
-            "apply create",
-            vec!["apply", "-f", "-"],
-            Some(APPLIED),
-            None,
-        ),
-        (
-            "apply unchanged",
-            vec!["apply", "-f", "-"],
-            Some(APPLIED),
-            None,
-        ),
-        (
-            "apply configure",
-            vec!["apply", "-f", "-"],
-            Some(APPLIED_CHANGED),
-            None,
-        ),
-        (
-            "get applied",
-            vec!["get", "configmap", "applied", "-n", "default", "-o", "json"],
-            None,
-            Some("json"),
-        ),
-        (
-            "wait for jsonpath",
-            vec![
-                "wait",
-                "configmap/settings",
-                "-n",
-                "default",
-                "--for=jsonpath={.data.mode}=fast",
-                "--timeout=20s",
-            ],
-            None,
-            None,
-        ),
-        (
-            "api-resources rbac",
-            vec!["api-resources", "--api-group=rbac.authorization.k8s.io"],
-            None,
-            None,
-        ),
-        (
-            "api-resources coordination",
-            vec!["api-resources", "--api-group=coordination.k8s.io"],
-            None,
-            None,
-        ),
-        (
-            "explain",
-            vec!["explain", "configmap.data"],
-            None,
-            Some("words"),
-        ),
-        (
-            "delete",
-            vec!["delete", "configmap", "applied", "-n", "default"],
-            None,
-            None,
-        ),
-        (
-            "delete missing",
-            vec!["delete", "configmap", "applied", "-n", "default"],
-            None,
-            None,
-        ),
-        (
-            "wait for delete",
-            vec![
-                "wait",
-                "configmap/applied",
-                "-n",
-                "default",
-                "--for=delete",
-                "--timeout=20s",
-            ],
-            None,
-            None,
-        ),
-        (
-            "list after delete",
-            vec![
-                "get",
-                "configmaps",
-                "-n",
-                "default",
-                "-l",
-                "app=demo",
-                "-o",
-                "json",
-            ],
-            None,
-            Some("json"),
-        ),
-    ]
-}
+#[rustfmt::skip]
+const KUBECTL_SCENARIO: &[KubectlStep] = &[
+    ("create", "create -f -", Some(SETTINGS), None),
+    ("create again", "create -f -", Some(SETTINGS), None),
+    ("get -o json", "get configmap settings -n default -o json", None, Some("json")),
+    ("get -o yaml", "get configmap settings -n default -o yaml", None, Some("yaml")),
+    ("get table", "get configmaps settings -n default", None, None),
+    ("get missing", "get configmap nope -n default", None, None),
+    ("label", "label configmap settings -n default tier=web", None, None),
+    ("label clash", "label configmap settings -n default tier=db", None, None),
+    ("annotate", "annotate configmap settings -n default note=kept", None, None),
+    ("patch merge", r#"patch configmap settings -n default --type merge -p {"data":{"mode":"slow"}}"#, None, None),
+    ("patch json", r#"patch configmap settings -n default --type json -p [{"op":"replace","path":"/data/mode","value":"fast"}]"#, None, None),
+    ("patch json failing test", r#"patch configmap settings -n default --type json -p [{"op":"test","path":"/data/mode","value":"slow"}]"#, None, None),
+    ("get after patches", "get configmap settings -n default -o json", None, Some("json")),
+    ("show labels", "get configmaps -n default -l app=demo --show-labels", None, None),
+    ("apply create", "apply -f -", Some(APPLIED), None),
+    ("apply unchanged", "apply -f -", Some(APPLIED), None),
+    ("apply configure", "apply -f -", Some(APPLIED_CHANGED), None),
+    ("get applied", "get configmap applied -n default -o json", None, Some("json")),
+    ("wait for jsonpath", "wait configmap/settings -n default --for=jsonpath={.data.mode}=fast --timeout=20s", None, None),
+    ("api-resources rbac", "api-resources --api-group=rbac.authorization.k8s.io", None, None),
+    ("api-resources coordination", "api-resources --api-group=coordination.k8s.io", None, None),
+    ("explain", "explain configmap.data", None, Some("words")),
+    ("delete", "delete configmap applied -n default", None, None),
+    ("delete missing", "delete configmap applied -n default", None, None),
+    ("wait for delete", "wait configmap/applied -n default --for=delete --timeout=20s", None, None),
+    ("list after delete", "get configmaps -n default -l app=demo -o json", None, Some("json")),
+];
 
 /// `kubectl get -w` prints the object's current value, then the value after a patch made
 /// while it watches.
@@ -456,7 +231,8 @@ fn watch_with_kubectl(kubeconfig: &Path) -> anyhow::Result<Vec<String>> {
 
 fn run_kubectl_scenario(kubeconfig: &Path) -> anyhow::Result<Vec<(&'static str, Printed)>> {
     let mut results = Vec::new();
-    for (name, args, stdin, structured) in kubectl_scenario() {
+    for &(name, args, stdin, structured) in KUBECTL_SCENARIO {
+        let args: Vec<&str> = args.split(' ').collect();
         let output = kubectl(kubeconfig, &args, stdin)?;
         results.push((name, printed(&output, structured)));
     }
