@@ -306,17 +306,7 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-requester"},
             "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]}),
     ];
-    for obj in rbac {
-        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "rbac.authorization.k8s.io",
-            "v1",
-            &kind,
-        ));
-        Api::<kube::api::DynamicObject>::all_with(admin.clone(), &ar)
-            .create(&PostParams::default(), &serde_json::from_value(obj)?)
-            .await?;
-    }
+    grant_to_alice(&admin, rbac).await?;
     let alice = cert_client(&hub, &pki.issue_client("alice", &["dev"])?).await?;
     let alice_csrs: Api<CertificateSigningRequest> = Api::all(alice.clone());
     let admin_csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
@@ -425,17 +415,7 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-approver"},
             "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]}),
     ];
-    for obj in grant {
-        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "rbac.authorization.k8s.io",
-            "v1",
-            &kind,
-        ));
-        Api::<kube::api::DynamicObject>::all_with(admin.clone(), &ar)
-            .create(&PostParams::default(), &serde_json::from_value(obj)?)
-            .await?;
-    }
+    grant_to_alice(&admin, grant).await?;
     let (csr, _) = csr_for("server", "web", "robots", &["server auth"])?;
     alice_csrs.create(&PostParams::default(), &csr).await?;
     alice_csrs
@@ -514,5 +494,24 @@ async fn csrs_are_approved_with_the_right_rbac_signed_and_usable() -> anyhow::Re
             .and_then(|s| s.certificate)
             .is_none()
     );
+    Ok(())
+}
+
+/// Creates cluster-scoped RBAC objects (ClusterRoles and their bindings) as the admin.
+async fn grant_to_alice(
+    admin: &kube::Client,
+    objects: impl IntoIterator<Item = serde_json::Value>,
+) -> anyhow::Result<()> {
+    for obj in objects {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            &kind,
+        ));
+        Api::<kube::api::DynamicObject>::all_with(admin.clone(), &ar)
+            .create(&PostParams::default(), &serde_json::from_value(obj)?)
+            .await?;
+    }
     Ok(())
 }
