@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use futures::StreamExt;
 use rcgen::{
     CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SerialNumber,
@@ -34,7 +33,7 @@ use crate::pki::PkiError;
 use crate::registry::{Registry, ResourceDef};
 use crate::request::{RequestTarget, ResourceRequest};
 use crate::server::AppState;
-use crate::storage::{Event, ListOptions, Storage, WatchOptions, name_of, now_rfc3339};
+use crate::storage::{Storage, name_of, now_rfc3339};
 
 /// The API group.
 pub const GROUP: &str = "certificates.k8s.io";
@@ -686,41 +685,18 @@ async fn signer_pass(
     signer: &ClientSigner,
     shutdown: &CancellationToken,
 ) -> Result<(), ApiError> {
-    let list = storage.list(def, None, &ListOptions::default()).await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
-    for csr in list["items"].as_array().cloned().unwrap_or_default() {
-        reconcile(storage, def, signer, &csr).await?;
+    let (rv, items) = crate::controllers::list_items(storage, def).await?;
+    for csr in &items {
+        reconcile(storage, def, signer, csr).await?;
     }
-    let mut events = storage
-        .watch(
-            def.clone(),
-            None,
-            WatchOptions {
-                resource_version: Some(rv),
-                ..Default::default()
-            },
-        )
-        .await?
-        .boxed();
-    loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = events.next() => next,
-        };
-        match next {
-            Some(Event::Object {
-                kind: "DELETED", ..
-            }) => {}
-            Some(Event::Object { object, .. }) => reconcile(storage, def, signer, &object).await?,
-            Some(Event::Error(status)) => {
-                return Err(ApiError::internal(format!("CSR watch ended: {status}")));
-            }
-            None => return Ok(()),
+    crate::controllers::follow(storage, def, rv, shutdown, move |deleted, csr| async move {
+        if deleted {
+            Ok(())
+        } else {
+            reconcile(storage, def, signer, &csr).await
         }
-    }
+    })
+    .await
 }
 
 /// `kubectl get csr` columns: AGE, SIGNERNAME, REQUESTOR, REQUESTEDDURATION, CONDITION.

@@ -59,12 +59,7 @@ async fn crd_pass(
     def: &Arc<ResourceDef>,
     shutdown: &CancellationToken,
 ) -> Result<(), ApiError> {
-    let list = storage.list(def, None, &ListOptions::default()).await?;
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_string();
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let (rv, items) = list_items(storage, def).await?;
     let names: HashSet<String> = items.iter().map(|c| name_of(c).to_string()).collect();
     for name in registry.crd_names() {
         if !names.contains(&name) {
@@ -74,6 +69,54 @@ async fn crd_pass(
     for crd in items {
         reconcile_crd(storage, registry, def, crd).await?;
     }
+    follow(
+        storage,
+        def,
+        rv,
+        shutdown,
+        move |deleted, object| async move {
+            if deleted {
+                registry.remove_crd(name_of(&object));
+                Ok(())
+            } else {
+                reconcile_crd(storage, registry, def, object).await
+            }
+        },
+    )
+    .await
+}
+
+/// A consistent list of `def`'s objects: the revision it was read at, and the items.
+pub(crate) async fn list_items(
+    storage: &Storage,
+    def: &Arc<ResourceDef>,
+) -> Result<(String, Vec<Value>), ApiError> {
+    let mut list = storage.list(def, None, &ListOptions::default()).await?;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let items = match list.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    Ok((rv, items))
+}
+
+/// Hands every change to `def`'s objects after revision `rv` to `on_change` (`true` for a
+/// deletion), until shutdown or the end of the watch; a watch error (the revision compacted
+/// away, say) is returned so that the caller relists.
+pub(crate) async fn follow<F, Fut>(
+    storage: &Storage,
+    def: &Arc<ResourceDef>,
+    rv: String,
+    shutdown: &CancellationToken,
+    mut on_change: F,
+) -> Result<(), ApiError>
+where
+    F: FnMut(bool, Value) -> Fut,
+    Fut: Future<Output = Result<(), ApiError>>,
+{
     let mut events = storage
         .watch(
             def.clone(),
@@ -91,15 +134,12 @@ async fn crd_pass(
             next = events.next() => next,
         };
         match next {
-            Some(Event::Object {
-                kind: "DELETED",
-                object,
-            }) => registry.remove_crd(name_of(&object)),
-            Some(Event::Object { object, .. }) => {
-                reconcile_crd(storage, registry, def, object).await?;
-            }
+            Some(Event::Object { kind, object }) => on_change(kind == "DELETED", object).await?,
             Some(Event::Error(status)) => {
-                return Err(ApiError::internal(format!("CRD watch ended: {status}")));
+                return Err(ApiError::internal(format!(
+                    "{} watch ended: {status}",
+                    def.kind
+                )));
             }
             None => return Ok(()),
         }
