@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER, TAINT_NOT_READY,
@@ -34,16 +33,13 @@ use kube::core::ApiResource;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::aggregate::{Export, ExportedService, aggregate};
 use crate::member::sync_slices;
 use crate::slices::{self, SliceData};
 use crate::watch::{Cache, Outcome, apply, contains_all, delete, patch_status};
 use crate::*;
-
-const RETRY: Duration = Duration::from_millis(500);
-const RESYNC: Duration = Duration::from_secs(60);
 
 /// Where the aggregator finds clusters.
 #[derive(Clone)]
@@ -69,33 +65,13 @@ pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) {
         () = aggregator.ready() => {}
     }
     info!("MCS aggregator caches synced; reconciling");
-    let mut delay: Option<Duration> = None;
-    let mut resync = tokio::time::interval(RESYNC);
-    resync.tick().await;
-    loop {
-        let retry = async {
-            match delay {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = aggregator.changed.notified() => {},
-            () = retry => {},
-            _ = resync.tick() => {},
-        }
-        let outcome = aggregator.reconcile().await;
-        delay = (outcome.failures > 0)
-            .then(|| delay.map_or(RETRY, |d| d * 2).min(Duration::from_secs(60)));
-        if outcome.writes > 0 {
-            debug!(
-                writes = outcome.writes,
-                failures = outcome.failures,
-                "aggregated"
-            );
-        }
-    }
+    crate::watch::reconcile_until(
+        shutdown,
+        &aggregator.changed,
+        || aggregator.reconcile(),
+        "aggregator",
+    )
+    .await;
 }
 
 struct Aggregator {

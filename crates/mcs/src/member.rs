@@ -22,7 +22,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use atoll_api::conditions;
 use atoll_api::mcs::export_conditions::{self, ready, valid};
@@ -40,17 +39,12 @@ use kube::core::ApiResource;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::aggregate::{ExportedService, normalize_port};
 use crate::slices::{self, SliceData};
 use crate::watch::{Cache, Outcome, apply, contains_all, delete, patch_status};
 use crate::*;
-
-/// Retry delay after failed writes (doubling up to a minute).
-const RETRY: Duration = Duration::from_millis(500);
-/// A full recomputation at least this often, whatever the watches say.
-const RESYNC: Duration = Duration::from_secs(60);
 
 /// Who the member syncer works for.
 #[derive(Clone)]
@@ -91,32 +85,13 @@ pub async fn run(config: MemberConfig, shutdown: impl Future<Output = ()>) {
         () = syncer.ready() => {}
     }
     info!(cluster = %syncer.config.cluster_name, "MCS caches synced; reconciling");
-    let mut delay: Option<Duration> = None;
-    let mut resync = tokio::time::interval(RESYNC);
-    resync.tick().await;
-    loop {
-        let retry = async {
-            match delay {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = syncer.changed.notified() => {},
-            () = retry => {},
-            _ = resync.tick() => {},
-        }
-        let outcome = syncer.reconcile().await;
-        delay = if outcome.failures == 0 {
-            None
-        } else {
-            Some(delay.map_or(RETRY, |d| d * 2).min(Duration::from_secs(60)))
-        };
-        if outcome.writes > 0 {
-            debug!(cluster = %syncer.config.cluster_name, writes = outcome.writes, failures = outcome.failures, "reconciled");
-        }
-    }
+    crate::watch::reconcile_until(
+        shutdown,
+        &syncer.changed,
+        || syncer.reconcile(),
+        &syncer.config.cluster_name,
+    )
+    .await;
 }
 
 struct Syncer {

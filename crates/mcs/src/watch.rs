@@ -128,6 +128,57 @@ impl Outcome {
     }
 }
 
+/// Retry delay after failed writes (doubling up to a minute).
+const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// A full recomputation at least this often, whatever the watches say.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reconciles whenever `changed` is notified, at least every [`RESYNC`], and again after
+/// failed writes (backing off from [`RETRY`] to a minute), until `shutdown` resolves. Both
+/// the member syncer and the hub aggregator run in this loop: level-triggered, so a missed
+/// notification costs at most one resync period.
+pub(crate) async fn reconcile_until<F, Fut>(
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    changed: &Notify,
+    mut reconcile: F,
+    who: &str,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let mut delay: Option<std::time::Duration> = None;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    loop {
+        let retry = async {
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = changed.notified() => {},
+            () = retry => {},
+            _ = resync.tick() => {},
+        }
+        let outcome = reconcile().await;
+        delay = (outcome.failures > 0).then(|| {
+            delay
+                .map_or(RETRY, |d| d * 2)
+                .min(std::time::Duration::from_secs(60))
+        });
+        if outcome.writes > 0 {
+            tracing::debug!(
+                who,
+                writes = outcome.writes,
+                failures = outcome.failures,
+                "reconciled"
+            );
+        }
+    }
+}
+
 /// Server-side apply of `object` as Atoll's MCS field manager.
 pub(crate) async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, kube::Error>
 where
