@@ -119,12 +119,15 @@ async fn member_worker(
     let key = ObjectRef::new(&name).within(&manager_namespace);
     let mut wait = WAIT;
     let (member, cluster_id) = loop {
-        let cluster_id = cache.get(&key).and_then(|p| profile_cluster_id(&p));
-        match (member_from_secret(&hub, &namespace).await, cluster_id) {
-            (Ok(Some(member)), Some(cluster_id)) => break (member, cluster_id),
-            (Ok(None), _) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
-            (Err(error), _) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
-            (Ok(Some(_)), None) => debug!(cluster = %name, "MCS: no cluster ID yet"),
+        // The ID comes from the cached profile, so waiting for it costs the hub no request;
+        // the credentials are read once it is there.
+        match cache.get(&key).and_then(|p| profile_cluster_id(&p)) {
+            None => debug!(cluster = %name, "MCS: no cluster ID yet"),
+            Some(cluster_id) => match member_from_secret(&hub, &namespace).await {
+                Ok(Some(member)) => break (member, cluster_id),
+                Ok(None) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
+                Err(error) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
+            },
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(WAIT_MAX);

@@ -590,6 +590,7 @@ async fn publish_retrying(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let permit = super::hub_request_permit().await;
         let result = publish(
             profiles,
             cache.get(key),
@@ -599,6 +600,7 @@ async fn publish_retrying(
             observed.clone(),
         )
         .await;
+        drop(permit);
         match result {
             Ok(()) => return,
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < 10 => {
