@@ -27,11 +27,6 @@ use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt;
 use tower::{BoxError, ServiceBuilder};
 
-/// TLS session tickets kept per member. A member client talks to one server and reconnects
-/// rarely, so a few are plenty; rustls's default cache holds 256 and costs about 14 KiB per
-/// TLS configuration, a configuration per member.
-const SESSIONS_PER_MEMBER: usize = 4;
-
 type Connector = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
 type HyperClient = hyper_util::client::legacy::Client<Connector, kube::client::Body>;
 
@@ -88,7 +83,10 @@ pub fn shared(key: &str, config: kube::Config) -> Result<kube::Client, kube::Err
 
 fn transport(config: &kube::Config) -> Result<HyperClient, kube::Error> {
     let mut tls = config.rustls_client_config()?;
-    tls.resumption = rustls::client::Resumption::in_memory_sessions(SESSIONS_PER_MEMBER);
+    // No TLS session resumption: it saves a round trip when a connection is re-established,
+    // which a member's one long-lived connection seldom is, while rustls's default session
+    // cache costs about 14 KiB per TLS configuration, and there is one per member.
+    tls.resumption = rustls::client::Resumption::disabled();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     let https = hyper_rustls::HttpsConnectorBuilder::new()

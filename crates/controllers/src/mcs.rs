@@ -60,6 +60,8 @@ async fn follow_profiles(hub: Client, manager_namespace: String) {
     let (cache, writer) = reflector::store();
     let mut events = watcher::watcher(profiles, config)
         .default_backoff()
+        // Nothing here reads managedFields, most of a profile's size.
+        .modify(|profile| profile.managed_fields_mut().clear())
         .reflect(writer)
         .boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
@@ -140,7 +142,9 @@ async fn member_worker(
         tokio::time::sleep(WAIT).await;
     };
     info!(cluster = %name, %cluster_id, "MCS: syncing member");
-    atoll_mcs::member::run(
+    // Boxed: the syncer's state is large, and a worker still waiting above should not
+    // reserve it.
+    Box::pin(atoll_mcs::member::run(
         MemberConfig {
             hub,
             hub_namespace: namespace,
@@ -150,7 +154,7 @@ async fn member_worker(
             member_owner,
         },
         std::future::pending(),
-    )
+    ))
     .await;
 }
 
