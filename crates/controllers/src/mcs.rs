@@ -60,6 +60,8 @@ async fn follow_profiles(hub: Client, manager_namespace: String) {
     let (cache, writer) = reflector::store();
     let mut events = watcher::watcher(profiles, config)
         .default_backoff()
+        // Nothing here reads managedFields, most of a profile's size.
+        .modify(|profile| profile.managed_fields_mut().clear())
         .reflect(writer)
         .boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
@@ -119,12 +121,15 @@ async fn member_worker(
     let key = ObjectRef::new(&name).within(&manager_namespace);
     let mut wait = WAIT;
     let (member, cluster_id) = loop {
-        let cluster_id = cache.get(&key).and_then(|p| profile_cluster_id(&p));
-        match (member_from_secret(&hub, &namespace).await, cluster_id) {
-            (Ok(Some(member)), Some(cluster_id)) => break (member, cluster_id),
-            (Ok(None), _) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
-            (Err(error), _) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
-            (Ok(Some(_)), None) => debug!(cluster = %name, "MCS: no cluster ID yet"),
+        // The ID comes from the cached profile, so waiting for it costs the hub no request;
+        // the credentials are read once it is there.
+        match cache.get(&key).and_then(|p| profile_cluster_id(&p)) {
+            None => debug!(cluster = %name, "MCS: no cluster ID yet"),
+            Some(cluster_id) => match member_from_secret(&hub, &namespace).await {
+                Ok(Some(member)) => break (member, cluster_id),
+                Ok(None) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
+                Err(error) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),
+            },
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(WAIT_MAX);
@@ -137,7 +142,9 @@ async fn member_worker(
         tokio::time::sleep(WAIT).await;
     };
     info!(cluster = %name, %cluster_id, "MCS: syncing member");
-    atoll_mcs::member::run(
+    // Boxed: the syncer's state is large, and a worker still waiting above should not
+    // reserve it.
+    Box::pin(atoll_mcs::member::run(
         MemberConfig {
             hub,
             hub_namespace: namespace,
@@ -147,7 +154,7 @@ async fn member_worker(
             member_owner,
         },
         std::future::pending(),
-    )
+    ))
     .await;
 }
 

@@ -7,8 +7,13 @@
 //! stops and the Works left in that namespace are released from their cleanup finalizer, so
 //! the namespace's deletion never waits on a member that is gone. The applier itself
 //! (`atoll_work::run`) is the same code the pull-mode agent runs inside a member.
+//!
+//! An applier starts only once its cluster's namespace holds a Work (seen through one hub-wide
+//! watch of Works): an applier holds a watch on the hub and a client of the member, which a
+//! fleet of a thousand clusters, most with nothing to apply, should not pay for. Once started,
+//! an applier runs until its cluster goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::inventory::{cluster_namespace, work_member_from_secret};
+use crate::inventory::{CLUSTER_NAMESPACE_PREFIX, cluster_namespace, work_member_from_secret};
 
 struct Worker {
     stop: oneshot::Sender<()>,
@@ -44,13 +49,52 @@ pub async fn run(
     let mut events = watcher::watcher(profiles, watch_config)
         .default_backoff()
         .boxed();
+    // Only the namespaces of Works matter here; the appliers watch the Works themselves.
+    let mut works = watcher::watcher(Api::<Work>::all(hub.clone()), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
+    // Push-mode clusters whose profiles are live, and clusters whose namespace has held a Work.
+    let mut push_clusters: HashSet<String> = HashSet::new();
+    let mut with_works: HashSet<String> = HashSet::new();
+    let start = |workers: &mut HashMap<String, Worker>, name: &str| {
+        workers.entry(name.to_owned()).or_insert_with(|| {
+            info!(cluster = %name, "starting the cluster's Work applier");
+            let (stop, stopped) = oneshot::channel();
+            let task = tokio::spawn(cluster_applier(
+                hub.clone(),
+                name.to_owned(),
+                config.clone(),
+                stopped,
+            ));
+            Worker { stop, task }
+        });
+    };
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
             () = &mut shutdown => break,
             event = events.next() => event,
+            work = works.next() => {
+                match work {
+                    Some(Ok(work)) => {
+                        let cluster = work
+                            .namespace()
+                            .and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX).map(str::to_owned));
+                        if let Some(cluster) = cluster
+                            && with_works.insert(cluster.clone())
+                            && push_clusters.contains(&cluster)
+                        {
+                            start(&mut workers, &cluster);
+                        }
+                    }
+                    Some(Err(error)) => warn!(%error, "watching Works"),
+                    None => break,
+                }
+                continue;
+            }
         };
         let Some(event) = event else { break };
         match event {
@@ -58,6 +102,7 @@ pub async fn run(
                 let name = profile.name_any();
                 listing.push(name.clone());
                 if profile.metadata.deletion_timestamp.is_some() {
+                    push_clusters.remove(&name);
                     if let Some(worker) = workers.remove(&name) {
                         retire(hub.clone(), name, worker);
                     }
@@ -67,22 +112,21 @@ pub async fn run(
                 if crate::inventory::is_pull_mode(&profile) {
                     continue;
                 }
-                workers.entry(name.clone()).or_insert_with(|| {
-                    info!(cluster = %name, "starting the cluster's Work applier");
-                    let (stop, stopped) = oneshot::channel();
-                    let task =
-                        tokio::spawn(cluster_applier(hub.clone(), name, config.clone(), stopped));
-                    Worker { stop, task }
-                });
+                push_clusters.insert(name.clone());
+                if with_works.contains(&name) {
+                    start(&mut workers, &name);
+                }
             }
             Ok(Event::Delete(profile)) => {
                 let name = profile.name_any();
+                push_clusters.remove(&name);
                 if let Some(worker) = workers.remove(&name) {
                     retire(hub.clone(), name, worker);
                 }
             }
             Ok(Event::Init) => listing.clear(),
             Ok(Event::InitDone) => {
+                push_clusters.retain(|name| listing.contains(name));
                 let gone: Vec<String> = workers
                     .keys()
                     .filter(|name| !listing.contains(name))

@@ -68,8 +68,10 @@ where
     ) -> Self {
         let writer = Writer::new(dyntype);
         let store = writer.as_reader();
+        // No managedFields in the cache: nothing reads them, and they are most of an object.
         let stream = watcher::watcher(api, config)
             .default_backoff()
+            .modify(|object| object.managed_fields_mut().clear())
             .reflect(writer);
         let task = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);

@@ -419,7 +419,17 @@ async fn member_client(
     kubeconfig: &Kubeconfig,
     context: Option<String>,
 ) -> Result<(Client, Config), JoinError> {
-    let config = Config::from_custom_kubeconfig(
+    let config = member_config(kubeconfig, context).await?;
+    let client = crate::client::multiplexed(config.clone())
+        .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
+    Ok((client, config))
+}
+
+async fn member_config(
+    kubeconfig: &Kubeconfig,
+    context: Option<String>,
+) -> Result<Config, JoinError> {
+    Config::from_custom_kubeconfig(
         kubeconfig.clone(),
         &KubeConfigOptions {
             context,
@@ -427,10 +437,18 @@ async fn member_client(
         },
     )
     .await
-    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
-    let client = crate::client::multiplexed(config.clone())
-        .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))?;
-    Ok((client, config))
+    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
+}
+
+/// A client from the member's stored credentials. Every client built from the same Secret
+/// (the status, Work and MCS controllers each build one) shares one connection to the member.
+async fn stored_member_client(stored: StoredKubeconfig) -> Result<Client, JoinError> {
+    let config = member_config(&stored.kubeconfig, None).await?;
+    match &stored.transport_key {
+        Some(key) => crate::client::shared(key, config),
+        None => crate::client::multiplexed(config),
+    }
+    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
 }
 
 /// The member's `cluster.clusterset.k8s.io`, if it has one (and the About API at all).
@@ -770,17 +788,18 @@ pub async fn work_member_from_secret(
     hub: &Client,
     cluster_namespace: &str,
 ) -> Result<Option<Client>, JoinError> {
-    let Some(mut kubeconfig) = stored_kubeconfig(hub, cluster_namespace).await? else {
+    let Some(mut stored) = stored_kubeconfig(hub, cluster_namespace).await? else {
         return Ok(None);
     };
-    for user in &mut kubeconfig.auth_infos {
+    // Impersonation travels in request headers, so this client may share the connection.
+    for user in &mut stored.kubeconfig.auth_infos {
         if let Some(auth) = user.auth_info.as_mut() {
             auth.impersonate = Some(format!(
                 "system:serviceaccount:{MEMBER_NAMESPACE}:{MEMBER_WORK_SERVICE_ACCOUNT}"
             ));
         }
     }
-    Ok(Some(member_client(&kubeconfig, None).await?.0))
+    Ok(Some(stored_member_client(stored).await?))
 }
 
 fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, JoinError> {
@@ -987,22 +1006,37 @@ pub async fn member_from_secret(
     cluster_namespace: &str,
 ) -> Result<Option<Client>, JoinError> {
     match stored_kubeconfig(hub, cluster_namespace).await? {
-        Some(kubeconfig) => Ok(Some(member_client(&kubeconfig, None).await?.0)),
+        Some(stored) => Ok(Some(stored_member_client(stored).await?)),
         None => Ok(None),
     }
+}
+
+/// A member's kubeconfig as stored on the hub.
+struct StoredKubeconfig {
+    kubeconfig: Kubeconfig,
+    /// Names the Secret's content (namespace, uid, resourceVersion): clients built from the
+    /// same content may share a connection; new credentials get a new one. `None` (no
+    /// resourceVersion to tell versions apart): the client gets a connection of its own.
+    transport_key: Option<String>,
 }
 
 async fn stored_kubeconfig(
     hub: &Client,
     cluster_namespace: &str,
-) -> Result<Option<Kubeconfig>, JoinError> {
+) -> Result<Option<StoredKubeconfig>, JoinError> {
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), cluster_namespace);
-    let Some(secret) = kubeutil::get_opt(&secrets, MEMBER_KUBECONFIG_SECRET)
+    let permit = super::hub_request_permit().await;
+    let secret = kubeutil::get_opt(&secrets, MEMBER_KUBECONFIG_SECRET)
         .await
-        .map_err(on_hub("reading the member's credentials"))?
-    else {
+        .map_err(on_hub("reading the member's credentials"))?;
+    drop(permit);
+    let Some(secret) = secret else {
         return Ok(None);
     };
+    let transport_key = secret.metadata.resource_version.as_ref().map(|version| {
+        let uid = secret.metadata.uid.as_deref().unwrap_or_default();
+        format!("{cluster_namespace}/{uid}/{version}")
+    });
     let bytes = secret
         .data
         .and_then(|mut d| d.remove(MEMBER_KUBECONFIG_KEY))
@@ -1012,7 +1046,10 @@ async fn stored_kubeconfig(
         .map_err(|_| JoinError::MemberKubeconfig("the stored kubeconfig is not UTF-8".into()))?;
     let kubeconfig = Kubeconfig::from_yaml(&text)
         .map_err(|e| JoinError::MemberKubeconfig(format!("the stored kubeconfig: {e}")))?;
-    Ok(Some(kubeconfig))
+    Ok(Some(StoredKubeconfig {
+        kubeconfig,
+        transport_key,
+    }))
 }
 
 async fn clean_member(member: &Client) -> Result<(), JoinError> {

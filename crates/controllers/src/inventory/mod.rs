@@ -22,3 +22,15 @@ pub use join::{
     member_from_secret, profile_cluster_id, resolve_cluster_id, unjoin, work_member_from_secret,
 };
 pub use names::*;
+
+/// Requests to the hub that every per-cluster worker (status, Work, MCS) makes at about the
+/// same moment, such as reading its member's credentials when it starts, or a fleet's first
+/// status writes, each take a permit first. kube's hub client speaks HTTP/1.1 and keeps every
+/// connection it opened for 90 s of idleness, so a thousand workers starting together would
+/// otherwise open, and keep, hundreds of TLS connections to the hub.
+static HUB_REQUESTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
+/// A permit for one such request (`None` only if the semaphore were closed, which it never is).
+pub(crate) async fn hub_request_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    HUB_REQUESTS.acquire().await.ok()
+}

@@ -257,10 +257,13 @@ pub async fn run(
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
     let config = watcher::Config::default()
         .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
-    // Workers read profiles from this cache, so a steady fleet costs the hub no reads.
+    // Workers read profiles from this cache, so a steady fleet costs the hub no reads. The
+    // cache keeps no managedFields, which nothing here reads and which are most of a
+    // profile's size.
     let (cache, writer) = reflector::store();
     let mut events = watcher::watcher(profiles, config)
         .default_backoff()
+        .modify(|profile| profile.managed_fields_mut().clear())
         .reflect(writer)
         .boxed();
     let agents = AgentReports::watch(&hub);
@@ -414,6 +417,7 @@ impl AgentReports {
             let stream =
                 watcher::watcher(api, watcher::Config::default().labels(LABEL_CLUSTER_NAME))
                     .default_backoff()
+                    .modify(|object| object.managed_fields_mut().clear())
                     .reflect(writer)
                     .touched_objects();
             let task = tokio::spawn(async move {
@@ -562,6 +566,7 @@ fn watch_properties(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(|property| property.managed_fields_mut().clear())
     .reflect(writer)
     .touched_objects();
     let task = tokio::spawn(async move {
@@ -590,6 +595,7 @@ async fn publish_retrying(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let permit = super::hub_request_permit().await;
         let result = publish(
             profiles,
             cache.get(key),
@@ -599,6 +605,7 @@ async fn publish_retrying(
             observed.clone(),
         )
         .await;
+        drop(permit);
         match result {
             Ok(()) => return,
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < 10 => {
