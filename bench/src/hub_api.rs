@@ -200,9 +200,17 @@ fn rss_mib(pids: &[u32]) -> f64 {
 }
 
 fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
+    // The API server alone, as kube-apiserver is measured alone: builds that run Atoll's
+    // controllers inside the hub are told not to (earlier baseline builds have no such flag
+    // and no such controllers).
+    let api_only = Command::new(atoll)
+        .args(["hub", "--help"])
+        .output()
+        .is_ok_and(|help| String::from_utf8_lossy(&help.stdout).contains("--api-only"));
     let mut child = Command::new(atoll)
         .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(api_only.then_some("--api-only"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
