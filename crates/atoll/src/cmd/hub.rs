@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use atoll_apiserver::{Hub, HubConfig};
@@ -86,35 +87,61 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!("Atoll hub serving on https://{}", hub.addr);
     println!("Admin kubeconfig: {}", hub.admin_kubeconfig.display());
     println!("  export KUBECONFIG={}", hub.admin_kubeconfig.display());
-    if args.api_only {
+    let outcome = if args.api_only {
         shutdown_signal().await;
+        Ok(())
     } else {
-        let client = hub.server().client();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut controllers =
+            tokio::spawn(run_atoll(hub.server().client(), args.controllers, stopped));
         tokio::select! {
-            () = shutdown_signal() => {}
-            outcome = run_atoll(client, args.controllers) => outcome?,
+            () = shutdown_signal() => {
+                // The controllers finish in-flight Works and release their lease before the
+                // API they use goes away.
+                let _ = stop.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(25), &mut controllers).await;
+                Ok(())
+            }
+            joined = &mut controllers => joined.context("hub controllers")?,
         }
-    }
+    };
     tracing::info!("shutting down");
     hub.shutdown().await;
-    Ok(())
+    outcome
 }
 
-/// Installs Atoll's CRDs, then runs the controllers for as long as the hub serves. Losing
-/// leadership (to another hub sharing the same etcd) is not fatal here: the API keeps being
-/// served and the controllers campaign again.
-async fn run_atoll(client: kube::Client, options: ControllerOptions) -> anyhow::Result<()> {
+/// Installs Atoll's CRDs, then runs the controllers until `stopped` says so. Losing leadership
+/// (to another hub sharing the same etcd) is not fatal here: the API keeps being served and
+/// the controllers campaign again.
+async fn run_atoll(
+    client: kube::Client,
+    options: ControllerOptions,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     crds::install(&client).await?;
     println!("Atoll CRDs installed; hub controllers starting");
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
     loop {
-        if let Err(error) =
-            run_controllers(client.clone(), options.clone(), std::future::pending()).await
-        {
+        let outcome = run_controllers(
+            client.clone(),
+            options.clone(),
+            until_stopped(stopped.clone()),
+        )
+        .await;
+        if *stopped.borrow() {
+            return outcome;
+        }
+        if let Err(error) = outcome {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "hub controllers stopped; restarting"
             );
         }
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        tokio::select! {
+            () = until_stopped(stopped.clone()) => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
