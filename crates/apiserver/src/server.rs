@@ -178,6 +178,14 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
+/// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`: metadata only.
+fn wants_partial_metadata(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let content_type = parts
@@ -488,6 +496,7 @@ async fn resource(
         return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let table = wants_table(req.headers());
+    let partial = !table && wants_partial_metadata(req.headers());
     let include_object = query.get("includeObject").unwrap_or("Metadata").to_string();
     let ns = namespace.as_deref();
     let name = r.name.clone().unwrap_or_default();
@@ -504,6 +513,12 @@ async fn resource(
                     &table::to_table(&def, &list, &include_object),
                 ));
             }
+            if partial {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_partial_metadata(&obj),
+                ));
+            }
             Ok(json_response(StatusCode::OK, &obj))
         }
         "list" => {
@@ -512,6 +527,12 @@ async fn resource(
                 return Ok(json_response(
                     StatusCode::OK,
                     &table::to_table(&def, &list, &include_object),
+                ));
+            }
+            if partial {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_partial_metadata_list(&list),
                 ));
             }
             Ok(json_response(StatusCode::OK, &list))
@@ -551,6 +572,11 @@ async fn resource(
                         &json!({"metadata": {}, "items": [obj]}),
                         "Object",
                     );
+                } else if partial
+                    && let Some(obj) = line.get("object")
+                    && line["type"] != "ERROR"
+                {
+                    line["object"] = table::to_partial_metadata(obj);
                 }
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                 bytes.push(b'\n');
