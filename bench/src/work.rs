@@ -547,8 +547,18 @@ pub async fn work_latency(opts: Options) -> anyhow::Result<()> {
     let result = measure_rounds(&mut fleet, &rounds, hub_apiserver_pid).await;
     // Agents first (they talk to the members), then the member processes.
     fleet.members.clear();
-    let _ = std::fs::remove_dir_all(&dir);
-    let figures = result?;
+    let figures = match result {
+        Ok(figures) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            figures
+        }
+        Err(error) => {
+            return Err(error.context(format!(
+                "the controller's logs are kept in {}",
+                dir.display()
+            )));
+        }
+    };
     let mode = match opts.mode {
         Mode::Push => "push",
         Mode::Pull => "pull",
@@ -611,10 +621,16 @@ async fn measure_rounds(
             .map(|m| (m.name.clone(), m.client.clone()))
             .collect();
         eprintln!("measuring {size} {} member(s)", kind.label());
+        // Its warnings (MCS retrying on members that serve no EndpointSlices, for one) go to
+        // a log file, not between the figures.
+        std::fs::create_dir_all(&fleet.dir)?;
+        let log = std::fs::File::create(fleet.dir.join(format!("controller-{round}.log")))?;
         let mut controller = Command::new(&opts.atoll)
             .args(["controller"])
             .env("KUBECONFIG", fleet.hub_cluster.kubeconfig_path())
             .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .spawn()
             .context("starting atoll controller")?;
         let pid = controller.id();
