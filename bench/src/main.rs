@@ -105,9 +105,9 @@ enum Bench {
         /// Works created one at a time per size, for the latency percentiles.
         #[arg(long, default_value_t = 200)]
         samples: usize,
-        /// Works created at once per size, for the throughput.
-        #[arg(long, default_value_t = 1000)]
-        works: usize,
+        /// Works created at once, for the throughput: one value per size (the last repeats).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        works: Vec<usize>,
         /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,

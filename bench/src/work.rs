@@ -47,6 +47,12 @@ use crate::{Mode, rss_kib};
 
 const NAMESPACE: &str = "bench";
 
+/// On the Works a round creates (not the status probes), so the next round starts without them.
+const ROUND_LABEL: &str = "atoll-bench/round";
+
+/// Test-bed kube-apiservers (with controller managers) that fit beside the hub on this machine.
+const MAX_KUBE_MEMBERS: usize = 10;
+
 /// What stands in for a member cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum MemberKind {
@@ -73,7 +79,7 @@ impl MemberKind {
 
     /// Sizes up to 10 fit as real kube-apiservers beside the hub; larger ones do not.
     fn for_size(size: usize) -> MemberKind {
-        if size <= 10 {
+        if size <= MAX_KUBE_MEMBERS {
             MemberKind::Kube
         } else {
             MemberKind::Atoll
@@ -88,7 +94,8 @@ pub struct Options {
     pub kinds: Vec<MemberKind>,
     pub mode: Mode,
     pub samples: usize,
-    pub works: usize,
+    /// Works created at once, per size (the last value repeats).
+    pub works: Vec<usize>,
     pub atoll: PathBuf,
 }
 
@@ -509,19 +516,33 @@ pub async fn work_latency(opts: Options) -> anyhow::Result<()> {
             opts.atoll.display()
         );
     }
-    let mut rounds: Vec<(MemberKind, usize)> = Vec::new();
-    for &size in &opts.sizes {
-        if opts.kinds.is_empty() {
-            rounds.push((MemberKind::for_size(size), size));
-        }
-        for &kind in &opts.kinds {
-            rounds.push((kind, size));
+    let mut rounds: Vec<Round> = Vec::new();
+    for (i, &size) in opts.sizes.iter().enumerate() {
+        let works = opts
+            .works
+            .get(i)
+            .or(opts.works.last())
+            .copied()
+            .unwrap_or(1000);
+        let kinds = if opts.kinds.is_empty() {
+            vec![MemberKind::for_size(size)]
+        } else {
+            opts.kinds.clone()
+        };
+        for kind in kinds {
+            if kind == MemberKind::Kube && size > MAX_KUBE_MEMBERS {
+                eprintln!(
+                    "skipping {size} kube-apiserver members: more than {MAX_KUBE_MEMBERS} do not fit"
+                );
+                continue;
+            }
+            rounds.push(Round { kind, size, works });
         }
     }
     let kube_members = rounds
         .iter()
-        .filter(|(kind, _)| *kind == MemberKind::Kube)
-        .map(|(_, size)| *size)
+        .filter(|r| r.kind == MemberKind::Kube)
+        .map(|r| r.size)
         .max()
         .unwrap_or(0);
     eprintln!("starting a test-bed hub and {kube_members} member kube-apiserver(s)");
@@ -594,16 +615,23 @@ pub async fn work_latency(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+struct Round {
+    kind: MemberKind,
+    size: usize,
+    /// Works created at once.
+    works: usize,
+}
+
 async fn measure_rounds(
     fleet: &mut Fleet<'_>,
-    rounds: &[(MemberKind, usize)],
+    rounds: &[Round],
     hub_apiserver_pid: u32,
 ) -> anyhow::Result<Vec<Figures>> {
     let opts = fleet.opts;
     let hub = fleet.hub.clone();
     let seen = fleet.seen.clone();
     let mut figures = Vec::new();
-    for (round, &(kind, size)) in rounds.iter().enumerate() {
+    for (round, &Round { kind, size, works }) in rounds.iter().enumerate() {
         let joined = fleet.members.get(&kind).map_or(0, Vec::len);
         if joined < size {
             eprintln!(
@@ -634,8 +662,16 @@ async fn measure_rounds(
             .spawn()
             .context("starting atoll controller")?;
         let pid = controller.id();
-        let result = measure(&hub, &members, &seen, round, opts.samples, opts.works).await;
+        let result = measure(&hub, &members, &seen, round, opts.samples, works).await;
         let controller_mib = rss_kib(pid).unwrap_or(0) as f64 / 1024.0;
+        let hub_apiserver_mib = rss_kib(hub_apiserver_pid).unwrap_or(0) as f64 / 1024.0;
+        let bench_mib = rss_kib(std::process::id()).unwrap_or(0) as f64 / 1024.0;
+        if result.is_ok() && round + 1 < rounds.len() {
+            eprintln!("deleting this round's Works");
+            if let Err(error) = delete_round(&hub, &members, round).await {
+                eprintln!("deleting round {round}'s Works: {error:#}");
+            }
+        }
         // SIGTERM, so that it shuts down as it would in production.
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -661,15 +697,51 @@ async fn measure_rounds(
             p50: percentile(&latencies, 50.0),
             p99: percentile(&latencies, 99.0),
             max: latencies.last().copied().unwrap_or_default(),
-            works: opts.works,
+            works,
             throughput_elapsed,
             controller_mib,
-            hub_apiserver_mib: rss_kib(hub_apiserver_pid).unwrap_or(0) as f64 / 1024.0,
-            bench_mib: rss_kib(std::process::id()).unwrap_or(0) as f64 / 1024.0,
+            hub_apiserver_mib,
+            bench_mib,
             atoll_member_mib,
         });
     }
     Ok(figures)
+}
+
+/// Deletes the Works of `round` (the members' objects go with them, as the applier deletes
+/// what it applied) and waits until they are gone, so the next round starts with only the
+/// status probes on the hub.
+async fn delete_round(
+    hub: &Client,
+    members: &[(String, Client)],
+    round: usize,
+) -> anyhow::Result<()> {
+    let selector = format!("{ROUND_LABEL}={round}");
+    for (name, _) in members {
+        let works: Api<Work> = Api::namespaced(hub.clone(), &cluster_namespace(name));
+        let _ = works
+            .delete_collection(
+                &kube::api::DeleteParams::default(),
+                &kube::api::ListParams::default().labels(&selector),
+            )
+            .await?;
+    }
+    let all: Api<Work> = Api::all(hub.clone());
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let left = all
+            .list_metadata(&kube::api::ListParams::default().labels(&selector))
+            .await?
+            .items
+            .len();
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} Works still there after 900 s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -690,6 +762,11 @@ async fn measure(
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, Duration)> {
     let works = |member: usize| -> Api<Work> {
         Api::namespaced(hub.clone(), &cluster_namespace(&members[member].0))
+    };
+    let work = move |name: &str| -> Work {
+        let mut work = work(name);
+        work.metadata.labels = Some([(ROUND_LABEL.to_owned(), round.to_string())].into());
+        work
     };
     // Warm up: every member's applier is running (and its watches are open).
     for member in 0..members.len() {
