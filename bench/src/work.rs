@@ -509,6 +509,31 @@ struct Figures {
     atoll_member_mib: Option<f64>,
 }
 
+impl Figures {
+    /// This size's row of the printed table.
+    fn row(&self, mode: &str) -> String {
+        let f = self;
+        format!(
+            "| {mode} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} s | {:.0} | {:.1} | {:.0} | {:.0} | {} |",
+            f.members,
+            f.kind.label(),
+            f.p50.as_secs_f64() * 1000.0,
+            f.p99.as_secs_f64() * 1000.0,
+            f.max.as_secs_f64() * 1000.0,
+            f.status_p50.as_secs_f64() * 1000.0,
+            f.status_p99.as_secs_f64() * 1000.0,
+            f.works,
+            f.throughput_elapsed.as_secs_f64(),
+            f.works as f64 / f.throughput_elapsed.as_secs_f64().max(f64::EPSILON),
+            f.controller_mib,
+            f.hub_apiserver_mib,
+            f.bench_mib,
+            f.atoll_member_mib
+                .map_or("-".to_owned(), |m| format!("{m:.1}")),
+        )
+    }
+}
+
 pub async fn work_latency(opts: Options) -> anyhow::Result<()> {
     if !opts.atoll.exists() {
         bail!(
@@ -589,24 +614,7 @@ pub async fn work_latency(opts: Options) -> anyhow::Result<()> {
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &figures {
-        println!(
-            "| {mode} | {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {} | {:.1} s | {:.0} | {:.1} | {:.0} | {:.0} | {} |",
-            f.members,
-            f.kind.label(),
-            f.p50.as_secs_f64() * 1000.0,
-            f.p99.as_secs_f64() * 1000.0,
-            f.max.as_secs_f64() * 1000.0,
-            f.status_p50.as_secs_f64() * 1000.0,
-            f.status_p99.as_secs_f64() * 1000.0,
-            f.works,
-            f.throughput_elapsed.as_secs_f64(),
-            f.works as f64 / f.throughput_elapsed.as_secs_f64().max(f64::EPSILON),
-            f.controller_mib,
-            f.hub_apiserver_mib,
-            f.bench_mib,
-            f.atoll_member_mib
-                .map_or("-".to_owned(), |m| format!("{m:.1}")),
-        );
+        println!("{}", f.row(mode));
     }
     println!(
         "({} latency samples per size, one Work at a time, each member in turn)",
@@ -704,6 +712,10 @@ async fn measure_rounds(
             bench_mib,
             atoll_member_mib,
         });
+        if let Some(f) = figures.last() {
+            // As it comes, so that an interrupted run still leaves its figures.
+            eprintln!("{}", f.row(mode_name(opts.mode)));
+        }
     }
     Ok(figures)
 }
