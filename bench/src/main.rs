@@ -1,6 +1,6 @@
 //! `atoll-bench`: benchmarks that print figures for BENCHMARKS.md.
 //!
-//! `work-latency`: push-mode Work delivery to real member kube-apiservers (see `work`).
+//! `work-latency`: Work delivery in push or pull mode to N members (see `work`).
 //!
 //! `inventory-health`: the hub-side cost of health checking and property watching for many
 //! push-mode clusters, or of lease handling for many pull-mode clusters (`--mode pull`). A
@@ -96,8 +96,8 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         nsd_servers: usize,
     },
-    /// Push-mode Work delivery: hub-to-member latency (p50/p99), throughput and hub memory
-    /// of `atoll controller` with N real member kube-apiservers.
+    /// Work delivery in push or pull mode: hub-to-member latency (p50/p99), throughput and
+    /// memory with N members (test-bed kube-apiservers or `atoll hub` processes).
     WorkLatency {
         /// Fleet sizes (members), measured one after the other in this run.
         #[arg(long, value_delimiter = ',', default_value = "1,10")]
@@ -105,12 +105,19 @@ enum Bench {
         /// Works created one at a time per size, for the latency percentiles.
         #[arg(long, default_value_t = 200)]
         samples: usize,
-        /// Works created at once per size, for the throughput.
-        #[arg(long, default_value_t = 1000)]
-        works: usize,
+        /// Works created at once, for the throughput: one value per size (the last repeats).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        works: Vec<usize>,
         /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
         #[arg(long, default_value = "target/release/atoll")]
         atoll: PathBuf,
+        /// push: `atoll controller` applies Works; pull: each member's agent does.
+        #[arg(long, value_enum, default_value_t = Mode::Push)]
+        mode: Mode,
+        /// What stands in for members (each size is run with each kind); by default test-bed
+        /// kube-apiservers up to 10 members, `atoll hub` processes beyond.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        member_kind: Vec<work::MemberKind>,
     },
     /// Atoll's API server against kube-apiserver 1.20 + etcd: create throughput, list and
     /// watch latency, memory.
@@ -157,7 +164,7 @@ enum Bench {
     },
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Push,
     Pull,
@@ -201,7 +208,19 @@ async fn main() -> anyhow::Result<()> {
             samples,
             works,
             atoll,
-        } => work::work_latency(members, samples, works, atoll).await,
+            mode,
+            member_kind,
+        } => {
+            work::work_latency(work::Options {
+                sizes: members,
+                kinds: member_kind,
+                mode,
+                samples,
+                works,
+                atoll,
+            })
+            .await
+        }
         Bench::HubApi {
             creates,
             objects,

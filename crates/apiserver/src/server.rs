@@ -185,6 +185,14 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
+/// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`: metadata only.
+fn wants_partial_metadata(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"))
+}
+
 async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let content_type = parts
@@ -515,6 +523,7 @@ async fn resource(
         return Ok(json_response(StatusCode::CREATED, &answer));
     }
     let table = wants_table(req.headers());
+    let partial = !table && wants_partial_metadata(req.headers());
     let include_object = query.get("includeObject").unwrap_or("Metadata").to_string();
     let ns = namespace.as_deref();
     let name = r.name.clone().unwrap_or_default();
@@ -531,6 +540,12 @@ async fn resource(
                     &table::to_table(&def, &list, &include_object),
                 ));
             }
+            if partial {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_partial_metadata(&obj),
+                ));
+            }
             Ok(json_response(StatusCode::OK, &obj))
         }
         "list" => {
@@ -539,6 +554,15 @@ async fn resource(
                 return Ok(json_response(
                     StatusCode::OK,
                     &table::to_table(&def, &list, &include_object),
+                ));
+            }
+            if partial {
+                // Metadata only: a full list is read (the applier's metadata lists are of its
+                // own objects, small), then trimmed.
+                let list = storage.list(&def, ns, &list_options(query)?).await?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::to_partial_metadata_list(&list),
                 ));
             }
             let parts = storage.list_json(&def, ns, &list_options(query)?).await?;
@@ -579,6 +603,11 @@ async fn resource(
                         &json!({"metadata": {}, "items": [obj]}),
                         "Object",
                     );
+                } else if partial
+                    && let Some(obj) = line.get("object")
+                    && line["type"] != "ERROR"
+                {
+                    line["object"] = table::to_partial_metadata(obj);
                 }
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                 bytes.push(b'\n');

@@ -342,6 +342,32 @@ pub fn to_table(def: &ResourceDef, list: &Value, include_object: &str) -> Value 
     })
 }
 
+/// An object as `PartialObjectMetadata` (`Accept: ...;as=PartialObjectMetadata;g=meta.k8s.io;v=v1`):
+/// its metadata only, as metadata-only clients (client-go's metadata client, kube-rs'
+/// `*_metadata` calls) ask for it.
+pub fn to_partial_metadata(obj: &Value) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadata",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
+/// A list as `PartialObjectMetadataList`: the list's metadata and each item's.
+pub fn to_partial_metadata_list(list: &Value) -> Value {
+    let items: Vec<Value> = list
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|items| items.iter().map(to_partial_metadata).collect())
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": list.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "items": items,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
