@@ -36,6 +36,7 @@ pub mod server;
 pub mod storage;
 pub mod strategy;
 pub mod table;
+pub mod token_secrets;
 pub mod tokens;
 pub mod validation;
 
@@ -94,6 +95,8 @@ pub struct ServerOptions {
     /// The CA that signs approved `kubernetes.io/kube-apiserver-client` CSRs; `None` runs no
     /// signer (CSRs are then approved but never issued, as on a cluster without one).
     pub client_signer: Option<Arc<certificates::ClientSigner>>,
+    /// The CA certificate (PEM) written into ServiceAccount token Secrets as `ca.crt`.
+    pub service_account_ca: Option<String>,
 }
 
 /// The server's core: state, router and its own control loops; serve it over TLS with
@@ -149,6 +152,13 @@ impl ApiServer {
                 shutdown.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(token_secrets::run(
+            storage.clone(),
+            registry.clone(),
+            state.service_account_key.clone(),
+            options.service_account_ca.clone(),
+            shutdown.clone(),
+        )));
         if let Some(signer) = options.client_signer {
             tasks.push(tokio::spawn(certificates::run_signer(
                 storage.clone(),
@@ -340,6 +350,7 @@ impl Hub {
                 compaction_interval: config.compaction_interval,
                 service_account_key: Some(service_account_key),
                 client_signer: Some(client_signer),
+                service_account_ca: Some(pki.ca_pem().to_string()),
             },
         )
         .await?;

@@ -55,9 +55,7 @@ fn uuid_like() -> u64 {
 }
 
 async fn whoami(client: &kube::Client) -> anyhow::Result<(String, Vec<String>)> {
-    let review: SelfSubjectReview = Api::all(client.clone())
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await?;
+    let review = whoami_raw(client).await?;
     let user = review
         .status
         .and_then(|s| s.user_info)
@@ -514,4 +512,78 @@ async fn grant_to_alice(
             .await?;
     }
     Ok(())
+}
+
+/// A Secret asking for a ServiceAccount token gets one (with the CA and the namespace), as
+/// kube-controller-manager fills it; the token is the account's and dies with the Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_secrets_are_filled_and_their_tokens_die_with_them() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    let hub = TestHub::start().await?;
+    let admin = hub.client().await?;
+    let account_uid = create_account(&admin, "default", "robot").await?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    let mut secret = Secret {
+        type_: Some("kubernetes.io/service-account-token".into()),
+        ..Default::default()
+    };
+    secret.metadata.name = Some("robot-token".into());
+    secret.metadata.annotations =
+        Some([("kubernetes.io/service-account.name".into(), "robot".into())].into());
+    secrets.create(&PostParams::default(), &secret).await?;
+    // One for an account that does not exist stays empty, as upstream leaves it.
+    secret.metadata.name = Some("ghost-token".into());
+    secret.metadata.annotations =
+        Some([("kubernetes.io/service-account.name".into(), "ghost".into())].into());
+    secrets.create(&PostParams::default(), &secret).await?;
+
+    let filled = common::eventually(Duration::from_secs(30), || async {
+        let secret = secrets.get("robot-token").await?;
+        Ok(secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key("token"))
+            .then_some(secret))
+    })
+    .await?;
+    let data = filled.data.clone().unwrap_or_default();
+    let text = |key: &str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    ensure!(text("namespace") == "default");
+    ensure!(text("ca.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    ensure!(
+        filled
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/service-account.uid"))
+            == Some(&account_uid)
+    );
+    let robot = token_client(&hub, &text("token")).await?;
+    let (user, groups) = whoami(&robot).await?;
+    ensure!(user == "system:serviceaccount:default:robot", "{user}");
+    ensure!(groups.contains(&"system:serviceaccounts:default".to_string()));
+    let ghost = secrets.get("ghost-token").await?;
+    ensure!(
+        ghost.data.unwrap_or_default().is_empty(),
+        "no token for a missing account"
+    );
+
+    secrets
+        .delete("robot-token", &DeleteParams::default())
+        .await?;
+    common::eventually(Duration::from_secs(30), || async {
+        Ok((code(whoami_raw(&robot).await)? == 401).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn whoami_raw(client: &kube::Client) -> Result<SelfSubjectReview, kube::Error> {
+    Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
 }
