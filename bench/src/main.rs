@@ -541,7 +541,19 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let before = cpu_ticks(pid)?;
-    tokio::time::sleep(Duration::from_secs(steady_seconds)).await;
+    // The resident set over the window, on stderr, to tell a leak (steady growth) from an
+    // allocator settling (growth that levels off).
+    let steady = Instant::now();
+    let window = Duration::from_secs(steady_seconds);
+    while steady.elapsed() < window {
+        let step = Duration::from_secs(10).min(window - steady.elapsed());
+        tokio::time::sleep(step).await;
+        eprintln!(
+            "  steady {:>4} s: {}",
+            steady.elapsed().as_secs(),
+            memory_breakdown(pid).unwrap_or_default()
+        );
+    }
     let after = cpu_ticks(pid)?;
     let rss_mib = rss_kib(pid)? as f64 / 1024.0;
     // 100 ticks per second on Linux.
@@ -567,6 +579,25 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let utime: u64 = fields.get(11).context("utime")?.parse()?;
     let stime: u64 = fields.get(12).context("stime")?.parse()?;
     Ok(utime + stime)
+}
+
+/// `VmRSS`, `RssAnon` and `RssFile` of `pid`, in MiB.
+fn memory_breakdown(pid: u32) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0) as f64
+            / 1024.0
+    };
+    Ok(format!(
+        "RSS {:.1} MiB = anonymous {:.1} + file {:.1}",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
+    ))
 }
 
 pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
