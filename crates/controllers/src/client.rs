@@ -101,7 +101,12 @@ fn transport(config: &kube::Config) -> Result<HyperClient, kube::Error> {
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
-    Ok(hyper_util::client::legacy::Builder::new(TokioExecutor::new()).build(connector))
+    let mut builder = hyper_util::client::legacy::Builder::new(TokioExecutor::new());
+    // An HPACK table of size 0 asks the member not to index response headers, so the
+    // connection keeps no decoder table (up to 4 KiB per member otherwise, much of it headers
+    // that change with every response, such as Date and Audit-Id).
+    builder.http2_header_table_size(0);
+    Ok(builder.build(connector))
 }
 
 fn client(config: kube::Config, transport: Transport) -> Result<kube::Client, kube::Error> {
