@@ -668,15 +668,13 @@ pub async fn run_signer(
     let Some(def) = registry.get(GROUP, "v1", "certificatesigningrequests") else {
         return;
     };
-    while !shutdown.is_cancelled() {
-        if let Err(e) = signer_pass(&storage, &def, &signer, &shutdown).await {
-            tracing::warn!(error = %e, "CSR signer: relisting");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    crate::controllers::repeat_until_cancelled(
+        &shutdown,
+        Duration::from_millis(500),
+        "CSR signer",
+        || signer_pass(&storage, &def, &signer, &shutdown),
+    )
+    .await;
 }
 
 async fn signer_pass(

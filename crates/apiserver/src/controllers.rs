@@ -42,13 +42,33 @@ pub async fn run_crds(storage: Storage, registry: Registry, shutdown: Cancellati
     let Some(def) = crd_def(&registry) else {
         return;
     };
+    repeat_until_cancelled(
+        &shutdown,
+        Duration::from_millis(200),
+        "CRD controller",
+        || crd_pass(&storage, &registry, &def, &shutdown),
+    )
+    .await;
+}
+
+/// Runs `pass` again and again until `shutdown`, pausing `pause` after each one (a pass
+/// returns when its watch ends or fails, and the next relists); failures are logged.
+pub(crate) async fn repeat_until_cancelled<F, Fut>(
+    shutdown: &CancellationToken,
+    pause: Duration,
+    what: &str,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), ApiError>>,
+{
     while !shutdown.is_cancelled() {
-        if let Err(e) = crd_pass(&storage, &registry, &def, &shutdown).await {
-            tracing::warn!(error = %e, "CRD controller: relisting");
+        if let Err(e) = pass().await {
+            tracing::warn!(error = %e, what, "relisting");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -288,15 +308,13 @@ pub async fn run_namespaces(storage: Storage, registry: Registry, shutdown: Canc
     let Some(ns_def) = registry.get("", "v1", "namespaces") else {
         return;
     };
-    while !shutdown.is_cancelled() {
-        if let Err(e) = namespace_pass(&storage, &registry, &ns_def).await {
-            tracing::warn!(error = %e, "namespace controller");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    repeat_until_cancelled(
+        &shutdown,
+        Duration::from_millis(500),
+        "namespace controller",
+        || namespace_pass(&storage, &registry, &ns_def),
+    )
+    .await;
 }
 
 async fn namespace_pass(

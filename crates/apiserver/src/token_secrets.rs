@@ -47,15 +47,13 @@ pub async fn run(
         key: &key,
         ca_pem: ca_pem.as_deref(),
     };
-    while !shutdown.is_cancelled() {
-        if let Err(e) = filler.pass(&shutdown).await {
-            tracing::warn!(error = %e, "token controller: relisting");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    crate::controllers::repeat_until_cancelled(
+        &shutdown,
+        Duration::from_millis(500),
+        "token controller",
+        || filler.pass(&shutdown),
+    )
+    .await;
 }
 
 #[derive(Clone, Copy)]
