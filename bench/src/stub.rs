@@ -1,5 +1,5 @@
 //! A stub member API server: HTTPS on loopback, answering what Atoll's health workers ask of a
-//! member (`/readyz`, `/version`, and an empty, held-open ClusterProperty list and watch).
+//! member (`/readyz`, `/version`, and an empty ClusterProperty list and a watch that ends after its timeoutSeconds).
 //! One stub stands in for any number of members: each member's kubeconfig points at it.
 
 use std::convert::Infallible;
@@ -36,8 +36,19 @@ async fn answer(request: Request<Incoming>) -> Result<Response<Body>, Infallible
             r#"{"major":"1","minor":"20","gitVersion":"v1.20.2","gitCommit":"0","gitTreeState":"clean","buildDate":"2021-01-13T00:00:00Z","goVersion":"go1.19","compiler":"gc","platform":"linux/amd64"}"#,
         ),
         "/apis/about.k8s.io/v1beta1/clusterproperties" if query.contains("watch=true") => {
-            // A watch that never has news: the connection stays open until the client goes.
-            StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>()).boxed()
+            // A watch that never has news, ended after the client's timeoutSeconds as a
+            // kube-apiserver ends it (the client then watches again).
+            let timeout = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("timeoutSeconds="))
+                .and_then(|seconds| seconds.parse().ok())
+                .unwrap_or(1800);
+            let ends = tokio::time::sleep(std::time::Duration::from_secs(timeout));
+            StreamBody::new(futures::StreamExt::take_until(
+                futures::stream::pending::<Result<Frame<Bytes>, Infallible>>(),
+                ends,
+            ))
+            .boxed()
         }
         "/apis/about.k8s.io/v1beta1/clusterproperties" => full(
             r#"{"apiVersion":"about.k8s.io/v1beta1","kind":"ClusterPropertyList","metadata":{"resourceVersion":"1"},"items":[]}"#,

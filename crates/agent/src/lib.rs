@@ -34,7 +34,7 @@ use atoll_controllers::inventory::pull::{
     AGENT_LEASE, AGENT_STATUS_CONFIGMAP, ANNOTATION_ROTATE, BootstrapToken, STATUS_KEY_PROPERTIES,
     STATUS_KEY_READY, STATUS_KEY_VERSION, bootstrap_name, renewal_csr_name,
 };
-use atoll_controllers::inventory::status::{Probe, probe};
+use atoll_controllers::inventory::status::{Probe, probe_client};
 use atoll_controllers::inventory::{
     self, JoinError, LABEL_CLUSTER_NAME, cluster_namespace, validate_cluster_name,
 };
@@ -445,7 +445,7 @@ async fn session(
                 info!(cluster = %connected.cluster, "certificate past {:.0}% of its lifetime", options.renew_at_fraction * 100.0);
                 return Ok(SessionEnd::Rotate(creds.rotated_for.clone()));
             }
-            ready = match probe(&connected.member, Duration::from_secs(3)).await {
+            ready = match probe_client(&connected.member, Duration::from_secs(3)).await {
                 Probe::Ready => "ok".into(),
                 Probe::NotReady(why) | Probe::Unreachable(why) => why,
             };

@@ -1011,6 +1011,24 @@ pub async fn member_from_secret(
     }
 }
 
+/// Raw requests to the member, from the credentials stored on the hub, sharing the
+/// connection of every client built from the same Secret.
+pub async fn member_http_from_secret(
+    hub: &Client,
+    cluster_namespace: &str,
+) -> Result<Option<crate::client::MemberHttp>, JoinError> {
+    let Some(stored) = stored_kubeconfig(hub, cluster_namespace).await? else {
+        return Ok(None);
+    };
+    let config = member_config(&stored.kubeconfig, None).await?;
+    match &stored.transport_key {
+        Some(key) => crate::client::MemberHttp::shared(key, &config),
+        None => crate::client::MemberHttp::new(&config),
+    }
+    .map(Some)
+    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
+}
+
 /// A member's kubeconfig as stored on the hub.
 struct StoredKubeconfig {
     kubeconfig: Kubeconfig,

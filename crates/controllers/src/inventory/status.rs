@@ -17,16 +17,16 @@
 //! changed, so a steady fleet costs no writes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll_api::about::{ClusterProperty, ClusterPropertySpec};
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
     LABEL_CLUSTER_MANAGER, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
 };
 use atoll_api::conditions;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -36,16 +36,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Client, ResourceExt};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::join::member_from_secret;
+use super::join::member_http_from_secret;
 use super::names::{LABEL_CLUSTER_NAME, cluster_namespace};
+use super::property_watch::{self, Properties};
 use super::pull::{
     AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES, STATUS_KEY_READY,
     STATUS_KEY_VERSION,
 };
+use crate::client::{Answer, MemberHttp, read_limited};
 
 /// Health-check settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,34 +218,83 @@ fn describe(probe: &Probe) -> String {
     }
 }
 
-/// Probes `/readyz`, and `/healthz` where `/readyz` is not served.
-pub async fn probe(member: &Client, timeout: Duration) -> Probe {
+/// How much of a probe's answer is read (a failing `/readyz` lists every check).
+const PROBE_ANSWER_LIMIT: usize = 64 * 1024;
+
+/// Probes the member's `/readyz`, and `/healthz` where `/readyz` is not served.
+pub async fn probe(member: &MemberHttp, timeout: Duration) -> Probe {
+    probe_with(
+        |path| async move {
+            member
+                .get(path, PROBE_ANSWER_LIMIT)
+                .await
+                .map_err(|e| e.to_string())
+        },
+        timeout,
+    )
+    .await
+}
+
+/// [`probe`] through a `kube::Client` (the pull-mode agent probes its own cluster so).
+pub async fn probe_client(member: &Client, timeout: Duration) -> Probe {
+    probe_with(
+        |path| async move {
+            let request = http::Request::get(path)
+                .body(kube::client::Body::from(Vec::new()))
+                .map_err(|e| e.to_string())?;
+            let response = member.send(request).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body = read_limited(response.into_body(), PROBE_ANSWER_LIMIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Answer { status, body })
+        },
+        timeout,
+    )
+    .await
+}
+
+async fn probe_with<F, A>(get: F, timeout: Duration) -> Probe
+where
+    F: Fn(&'static str) -> A,
+    A: Future<Output = Result<Answer, String>>,
+{
     let attempt = async {
-        match get_text(member, "/readyz").await {
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                get_text(member, "/healthz").await
-            }
+        match get("/readyz").await {
+            Ok(answer) if answer.status == http::StatusCode::NOT_FOUND => get("/healthz").await,
             other => other,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Probe::Unreachable(format!("no answer within {timeout:?}")),
-        Ok(Ok(body)) if body.trim() == "ok" => Probe::Ready,
-        Ok(Ok(body)) => Probe::NotReady(body.chars().take(200).collect()),
-        Ok(Err(kube::Error::Api(status))) => Probe::NotReady(format!(
+        Ok(Err(why)) => Probe::Unreachable(why),
+        Ok(Ok(answer)) if !answer.status.is_success() => Probe::NotReady(format!(
             "HTTP {}: {}",
-            status.code,
-            status.message.chars().take(200).collect::<String>()
+            answer.status.as_u16(),
+            answer.message(200)
         )),
-        Ok(Err(e)) => Probe::Unreachable(e.to_string()),
+        Ok(Ok(answer)) if answer.body.trim_ascii() == b"ok" => Probe::Ready,
+        Ok(Ok(answer)) => Probe::NotReady(answer.message(200)),
     }
 }
 
-async fn get_text(client: &Client, path: &str) -> Result<String, kube::Error> {
-    let request = http::Request::get(path)
-        .body(Vec::new())
-        .map_err(kube::Error::HttpError)?;
-    client.request_text(request).await
+/// The member's `gitVersion`, from `/version`.
+async fn member_version(member: &MemberHttp, timeout: Duration) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Version {
+        git_version: String,
+    }
+    let answer = tokio::time::timeout(timeout, member.get("/version", PROBE_ANSWER_LIMIT))
+        .await
+        .ok()?
+        .ok()?;
+    if !answer.status.is_success() {
+        return None;
+    }
+    serde_json::from_slice::<Version>(&answer.body)
+        .ok()
+        .map(|v| v.git_version)
 }
 
 /// Runs the status controller until `shutdown` resolves.
@@ -345,19 +395,23 @@ async fn cluster_worker(
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
     let key = ObjectRef::new(&name).within(&manager_namespace);
     let mut tracker = HealthTracker::new(health);
-    let mut member: Option<Client> = None;
-    let properties_changed = Arc::new(Notify::new());
-    let mut properties: Option<(reflector::Store<ClusterProperty>, AbortOnDrop)> = None;
+    let mut member: Option<MemberHttp> = None;
+    // The member's properties, watched by this task itself (no task of its own per member).
+    let mut properties: Option<Pin<Box<dyn Stream<Item = Properties> + Send>>> = None;
+    let mut observed: Option<Properties> = None;
     let mut ticker = tokio::time::interval(health.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let probe_due = tokio::select! {
             _ = ticker.tick() => true,
-            () = properties_changed.notified() => false,
+            Some(snapshot) = next_snapshot(&mut properties) => {
+                observed = Some(snapshot);
+                false
+            }
         };
         if member.is_none() {
-            match member_from_secret(&hub, &cluster_namespace(&name)).await {
-                Ok(Some(client)) => member = Some(client),
+            match member_http_from_secret(&hub, &cluster_namespace(&name)).await {
+                Ok(Some(http)) => member = Some(http),
                 Ok(None) => {
                     debug!(cluster = %name, "no member credentials yet");
                     continue;
@@ -368,26 +422,40 @@ async fn cluster_worker(
                 }
             }
         }
-        let Some(client) = member.clone() else {
+        let Some(http) = member.as_ref() else {
             continue;
         };
         if properties.is_none() {
-            properties = Some(watch_properties(client.clone(), properties_changed.clone()));
+            properties = Some(Box::pin(property_watch::watch(http.clone())));
         }
         let mut version = None;
         if probe_due {
-            tracker.observe(probe(&client, health.timeout).await);
+            tracker.observe(probe(http, health.timeout).await);
             if tracker.healthy == Some(true) {
-                version = tokio::time::timeout(health.timeout, client.apiserver_version())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|v| v.git_version);
+                version = member_version(http, health.timeout).await;
             }
         }
-        let observed = properties.as_ref().map(|(store, _)| store.state());
         let verdict = probe_due.then(|| Verdict::of(&tracker));
-        publish_retrying(&profiles, &cache, &key, &name, verdict, version, observed).await;
+        publish_retrying(
+            &profiles,
+            &cache,
+            &key,
+            &name,
+            verdict,
+            version,
+            observed.clone(),
+        )
+        .await;
+    }
+}
+
+/// The next snapshot of a property watch; never, while there is none.
+async fn next_snapshot(
+    watch: &mut Option<Pin<Box<dyn Stream<Item = Properties> + Send>>>,
+) -> Option<Properties> {
+    match watch {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -526,13 +594,8 @@ async fn pull_worker(
         let version = data.get(STATUS_KEY_VERSION).cloned();
         let observed = report.as_ref().map(|_| {
             data.get(STATUS_KEY_PROPERTIES)
-                .and_then(|p| serde_json::from_str::<BTreeMap<String, String>>(p).ok())
+                .and_then(|p| serde_json::from_str::<Properties>(p).ok())
                 .unwrap_or_default()
-                .into_iter()
-                .map(|(name, value)| {
-                    Arc::new(ClusterProperty::new(&name, ClusterPropertySpec { value }))
-                })
-                .collect()
         });
         publish_retrying(
             &profiles,
@@ -556,30 +619,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn watch_properties(
-    member: Client,
-    changed: Arc<Notify>,
-) -> (reflector::Store<ClusterProperty>, AbortOnDrop) {
-    let (reader, writer) = reflector::store();
-    let stream = watcher::watcher(
-        Api::<ClusterProperty>::all(member),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|property| property.managed_fields_mut().clear())
-    .reflect(writer)
-    .touched_objects();
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if event.is_ok() {
-                changed.notify_one();
-            }
-        }
-    });
-    (reader, AbortOnDrop(task))
-}
-
 /// [`publish`], again after a conflict: the cached profile was behind (the worker's own last
 /// write, or someone else's, has not reached the cache yet), so give the watch a moment rather
 /// than waiting a whole health period.
@@ -590,7 +629,7 @@ async fn publish_retrying(
     name: &str,
     health: Option<Verdict>,
     version: Option<String>,
-    observed: Option<Vec<Arc<ClusterProperty>>>,
+    observed: Option<Properties>,
 ) {
     let mut attempt = 0;
     loop {
@@ -627,7 +666,7 @@ async fn publish(
     name: &str,
     health: Option<Verdict>,
     version: Option<String>,
-    observed: Option<Vec<Arc<ClusterProperty>>>,
+    observed: Option<Properties>,
 ) -> Result<(), kube::Error> {
     let Some(profile) = cached else {
         return Ok(());
@@ -723,39 +762,32 @@ pub fn with_health_taint(taints: &[Taint], wanted: Option<&str>, now: &Time) -> 
 /// The profile's properties after observing the member's ClusterProperties: one per
 /// property, in name order; `lastObservedTime` moves only when a value changes, so an
 /// unchanged fleet writes nothing. Values longer than a profile allows are left out.
-pub fn mirror(
-    current: &[Property],
-    observed: &[Arc<ClusterProperty>],
-    now: &Time,
-) -> Vec<Property> {
+pub fn mirror(current: &[Property], observed: &Properties, now: &Time) -> Vec<Property> {
     let previous: BTreeMap<&str, &Property> =
         current.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut mirrored: Vec<Property> = observed
+    // `observed` is ordered by name, so the result is too.
+    observed
         .iter()
-        .filter(|p| !p.spec.value.is_empty() && p.spec.value.len() <= 1024)
-        .map(|p| {
-            let name = p.name_any();
+        .filter(|(_, value)| !value.is_empty() && value.len() <= 1024)
+        .map(|(name, value)| {
             let unchanged = previous
                 .get(name.as_str())
-                .filter(|old| old.value == p.spec.value && old.last_observed_time.is_some());
+                .filter(|old| old.value == *value && old.last_observed_time.is_some());
             Property {
-                value: p.spec.value.clone(),
+                name: name.clone(),
+                value: value.clone(),
                 last_observed_time: match unchanged {
                     Some(old) => old.last_observed_time.clone(),
                     None => Some(now.clone()),
                 },
-                name,
             }
         })
-        .collect();
-    mirrored.sort_by(|a, b| a.name.cmp(&b.name));
-    mirrored
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atoll_api::about::ClusterPropertySpec;
 
     fn config(failure_threshold: u32, success_threshold: u32) -> HealthConfig {
         HealthConfig {
@@ -860,34 +892,32 @@ mod tests {
         assert_eq!(tracker.taint(), Some(None));
     }
 
-    fn property(name: &str, value: &str) -> Arc<ClusterProperty> {
-        Arc::new(ClusterProperty::new(
-            name,
-            ClusterPropertySpec {
-                value: value.into(),
-            },
-        ))
+    fn properties(pairs: &[(&str, &str)]) -> Properties {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
     }
 
     #[test]
     fn mirroring_keeps_observation_times_of_unchanged_values() {
         let t1 = Time(Timestamp::from_second(1_000).unwrap_or_default());
         let t2 = Time(Timestamp::from_second(2_000).unwrap_or_default());
-        let first = mirror(&[], &[property("b", "1"), property("a", "x")], &t1);
+        let first = mirror(&[], &properties(&[("b", "1"), ("a", "x")]), &t1);
         assert_eq!(
             first.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        let second = mirror(&first, &[property("a", "x"), property("b", "2")], &t2);
+        let second = mirror(&first, &properties(&[("a", "x"), ("b", "2")]), &t2);
         assert_eq!(
             second[0].last_observed_time,
             Some(t1.clone()),
             "a unchanged"
         );
         assert_eq!(second[1].last_observed_time, Some(t2.clone()), "b changed");
-        let third = mirror(&second, &[property("a", "x")], &t2);
+        let third = mirror(&second, &properties(&[("a", "x")]), &t2);
         assert_eq!(third.len(), 1, "deleted properties disappear");
-        let huge = mirror(&[], &[property("big", &"v".repeat(1025))], &t1);
+        let huge = mirror(&[], &properties(&[("big", &"v".repeat(1025))]), &t1);
         assert!(huge.is_empty());
     }
 }

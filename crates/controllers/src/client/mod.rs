@@ -4,53 +4,66 @@
 //! connection of its own, and every probe or write while watches stream takes another. The
 //! hub holds several watches per member (ClusterProperties, and the Work and MCS controllers'
 //! watches), so for a fleet of a thousand members connections and their buffers dominate the
-//! hub's memory. The client built here offers HTTP/2 (ALPN `h2`, falling back to HTTP/1.1):
-//! every request and watch to a member is a stream on one connection.
+//! hub's memory. The clients built here speak HTTP/2 (ALPN `h2`, falling back to HTTP/1.1):
+//! every request and watch to a member is a stream on one connection, driven by
+//! [`http2::MemberConnection`] (the `h2` crate without hyper's per-connection request queue).
 //!
 //! The status, Work and MCS controllers each build their own client for a member (the Work
 //! applier's impersonates a narrower identity), but they reach the same API server with the
 //! same TLS identity: [`shared`] gives them one transport, so a member costs one connection
 //! and one TLS configuration however many controllers talk to it. An HTTP/2 connection costs
-//! some 30 KiB in buffers that hyper and h2 do not let a client shrink (a 16 KiB write
-//! buffer, an 8 KiB read buffer, the HPACK decoder's 4 KiB), so the count of connections is
-//! what matters.
+//! some 24 KiB in buffers that `h2` does not let a client shrink (a 16 KiB write buffer, an
+//! 8 KiB read buffer), so the count of connections is what matters.
+//!
+//! [`MemberHttp`] is the same stack without a `kube::Client` around it, for the status
+//! worker's few raw requests: a `kube::Client` puts a tower `Buffer` (a task and a request
+//! queue, about 20 KiB once it has carried 32 requests) in front of every member.
 //!
 //! It keeps everything else kube's client does with a kubeconfig: the base URI, TLS (CA, client
 //! certificates), authentication (tokens, exec plugins) and impersonation headers.
+
+pub mod http2;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use http::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt;
-use tower::{BoxError, ServiceBuilder};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+use http2::{MemberConnection, ResponseBody};
 
 type Connector = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
-type HyperClient = hyper_util::client::legacy::Client<Connector, kube::client::Body>;
 
-/// One member's connection pool, shared by every client built for it with the same key.
+/// One member's connection, shared by every client built for it with the same key.
 #[derive(Clone)]
-struct Transport(Arc<HyperClient>);
+struct Transport(Arc<MemberConnection>);
 
-impl tower::Service<http::Request<kube::client::Body>> for Transport {
-    type Response = <HyperClient as tower::Service<http::Request<kube::client::Body>>>::Response;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
+impl tower::Service<Request<kube::client::Body>> for Transport {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-        self.0.request(request)
+    fn call(&mut self, request: Request<kube::client::Body>) -> Self::Future {
+        let connection = self.0.clone();
+        Box::pin(async move { connection.send(request).await })
     }
 }
 
 /// Live transports by key. Entries are weak: a transport goes (and its connection closes)
 /// once no client uses it, as when a cluster is unjoined or its credentials change.
-static TRANSPORTS: LazyLock<Mutex<HashMap<String, Weak<HyperClient>>>> =
+static TRANSPORTS: LazyLock<Mutex<HashMap<String, Weak<MemberConnection>>>> =
     LazyLock::new(Default::default);
 
 /// A client for `config` that multiplexes every request over one HTTP/2 connection where the
@@ -66,22 +79,26 @@ pub fn multiplexed(config: kube::Config) -> Result<kube::Client, kube::Error> {
 /// resourceVersion of the Secret that holds its kubeconfig: clients that share a key may
 /// differ only in what travels in request headers (credentials, impersonation).
 pub fn shared(key: &str, config: kube::Config) -> Result<kube::Client, kube::Error> {
+    let transport = shared_transport(key, &config)?;
+    client(config, transport)
+}
+
+fn shared_transport(key: &str, config: &kube::Config) -> Result<Transport, kube::Error> {
     let mut transports = TRANSPORTS.lock().unwrap_or_else(PoisonError::into_inner);
     let live = transports.get(key).and_then(Weak::upgrade);
     let transport = match live {
         Some(transport) => transport,
         None => {
-            let transport = Arc::new(transport(&config)?);
+            let transport = Arc::new(transport(config)?);
             transports.retain(|_, t| t.strong_count() > 0);
             transports.insert(key.to_owned(), Arc::downgrade(&transport));
             transport
         }
     };
-    drop(transports);
-    client(config, Transport(transport))
+    Ok(Transport(transport))
 }
 
-fn transport(config: &kube::Config) -> Result<HyperClient, kube::Error> {
+fn transport(config: &kube::Config) -> Result<MemberConnection, kube::Error> {
     let mut tls = config.rustls_client_config()?;
     // No TLS session resumption: it saves a round trip when a connection is re-established,
     // which a member's one long-lived connection seldom is, while rustls's default session
@@ -89,34 +106,129 @@ fn transport(config: &kube::Config) -> Result<HyperClient, kube::Error> {
     tls.resumption = rustls::client::Resumption::disabled();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    // HTTP/2 writes a request as separate HEADERS and DATA frames: without TCP_NODELAY, Nagle
-    // holds the second until the first is acknowledged (a delayed ACK, ~40 ms per request).
     http.set_nodelay(true);
+    // HTTP/1.1 only: this client serves members that did not choose HTTP/2 (and plain
+    // `http://` URLs, which only tests use).
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(tls.clone())
         .https_or_http()
-        .enable_all_versions()
+        .enable_http1()
         .wrap_connector(http);
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
-    let mut builder = hyper_util::client::legacy::Builder::new(TokioExecutor::new());
-    // An HPACK table of size 0 asks the member not to index response headers, so the
-    // connection keeps no decoder table (up to 4 KiB per member otherwise, much of it headers
-    // that change with every response, such as Date and Audit-Id).
-    builder.http2_header_table_size(0);
-    Ok(builder.build(connector))
+    let http1 = hyper_util::client::legacy::Builder::new(TokioExecutor::new()).build(connector);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    MemberConnection::new(
+        Arc::new(tls),
+        config.tls_server_name.as_deref(),
+        config.connect_timeout,
+        http1,
+    )
+    .map_err(kube::Error::Service)
 }
 
-fn client(config: kube::Config, transport: Transport) -> Result<kube::Client, kube::Error> {
+/// The service every member client is: base URI, authentication and extra headers in front
+/// of the member's transport.
+type MemberService =
+    BoxCloneSyncService<Request<kube::client::Body>, Response<ResponseBody>, BoxError>;
+
+fn member_service(
+    config: &kube::Config,
+    transport: Transport,
+) -> Result<MemberService, kube::Error> {
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
         .service(transport);
+    Ok(BoxCloneSyncService::new(service))
+}
+
+fn client(config: kube::Config, transport: Transport) -> Result<kube::Client, kube::Error> {
+    let service = member_service(&config, transport)?;
     Ok(kube::Client::new(service, config.default_namespace))
+}
+
+/// Raw requests to one member, sharing its connection like [`shared`] clients, without a
+/// `kube::Client`'s request queue: for callers that hold a handle per member for good and send
+/// a few requests of their own making (the status worker's probes and property watch).
+#[derive(Clone)]
+pub struct MemberHttp(MemberService);
+
+impl MemberHttp {
+    /// Requests to the member `config` names, over the transport shared under `key` (see
+    /// [`shared`]).
+    pub fn shared(key: &str, config: &kube::Config) -> Result<MemberHttp, kube::Error> {
+        let transport = shared_transport(key, config)?;
+        Ok(MemberHttp(member_service(config, transport)?))
+    }
+
+    /// A handle with a connection of its own.
+    pub fn new(config: &kube::Config) -> Result<MemberHttp, kube::Error> {
+        let transport = Transport(Arc::new(transport(config)?));
+        Ok(MemberHttp(member_service(config, transport)?))
+    }
+
+    /// Sends `request` (a path relative to the member's URL); the body streams.
+    pub async fn send(
+        &self,
+        request: Request<Vec<u8>>,
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        self.0
+            .clone()
+            .oneshot(request.map(kube::client::Body::from))
+            .await
+    }
+
+    /// GETs `path` and reads the whole answer, refusing one longer than `limit` bytes.
+    pub async fn get(&self, path: &str, limit: usize) -> Result<Answer, BoxError> {
+        let request = Request::get(path).body(Vec::new())?;
+        let response = self.send(request).await?;
+        let status = response.status();
+        let body = read_limited(response.into_body(), limit).await?;
+        Ok(Answer { status, body })
+    }
+}
+
+/// A whole answer from a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// The message of a failed answer: a Kubernetes `Status`'s message, or else the body's
+    /// text, cut to `max` characters.
+    pub fn message(&self, max: usize) -> String {
+        #[derive(serde::Deserialize)]
+        struct Status {
+            message: String,
+        }
+        match serde_json::from_slice::<Status>(&self.body) {
+            Ok(status) => status.message.chars().take(max).collect(),
+            Err(_) => String::from_utf8_lossy(&self.body)
+                .chars()
+                .take(max)
+                .collect(),
+        }
+    }
+}
+
+/// Reads a whole body, refusing one longer than `limit` bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<bytes::Bytes, BoxError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    let collected = http_body_util::Limited::new(body, limit).collect().await?;
+    Ok(collected.to_bytes())
 }
 
 #[cfg(test)]
