@@ -835,7 +835,7 @@ async fn measure(
     futures::stream::iter(names.iter().cloned())
         .map(|(member, name)| {
             let api = works(member);
-            async move { api.create(&PostParams::default(), &work(&name)).await }
+            async move { create_retrying(&api, &work(&name)).await }
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
@@ -851,4 +851,28 @@ async fn measure(
         status_latencies,
         last.saturating_duration_since(started),
     ))
+}
+
+/// Creates `work`, again after the hub answers that it is overloaded (kube-apiserver 1.20
+/// under 32 concurrent creates sometimes says `500 resource quota evaluation timed out`, or
+/// 429); 409 means an earlier attempt landed after all.
+async fn create_retrying(api: &Api<Work>, work: &Work) -> Result<(), kube::Error> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match api.create(&PostParams::default(), work).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt > 1 => return Ok(()),
+            Err(kube::Error::Api(status))
+                if (status.code == 429 || status.code >= 500) && attempt < 10 =>
+            {
+                eprintln!(
+                    "  create refused ({}: {}); again",
+                    status.code, status.message
+                );
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
