@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_store::{
-    Compare, KeyValue, Op, OpResult, RangeRequest, Revision, Store, StoreError, Txn, WatchEvent,
-    prefix_end,
+    Compare, KeyValue, Op, OpResult, RangeRequest, Revision, Store, StoreError, Txn, TxnResponse,
+    WatchEvent, prefix_end,
 };
 use base64::Engine;
 use bytes::Bytes;
@@ -116,6 +116,15 @@ pub enum Deleted {
     Gone(Value),
     /// The object waits for finalizers; its state with deletionTimestamp.
     Pending(Value),
+}
+
+/// What a put that won its compare-and-swap left in the store.
+struct Stored {
+    /// The object as stored, with its new resourceVersion; `None` when the store did not return
+    /// the written key, so each caller keeps its own fallback.
+    object: Option<Value>,
+    /// The store revision after the write.
+    revision: Revision,
 }
 
 /// One event of a watch.
@@ -312,6 +321,71 @@ impl Storage {
             Some(kv) => Ok(Some((self.decode(def, kv)?, kv.mod_revision))),
             None => Ok(None),
         }
+    }
+
+    /// Runs `op` only while `key`'s mod revision is still `revision` (0: the key must not
+    /// exist): the optimistic concurrency under every write. `None` when another writer got
+    /// there first and nothing was written; each caller decides whether that retries or fails.
+    async fn write_if_revision(
+        &self,
+        key: &str,
+        revision: Revision,
+        op: Op,
+    ) -> Result<Option<TxnResponse>, ApiError> {
+        let resp = self
+            .store
+            .txn(Txn {
+                compares: vec![Compare::ModRevision {
+                    key: key.to_string(),
+                    revision,
+                }],
+                success: vec![op],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded.then_some(resp))
+    }
+
+    /// Stores `obj` at `key` if the key's mod revision is still `revision`; `None` when the
+    /// compare failed.
+    async fn put_if_revision(
+        &self,
+        def: &ResourceDef,
+        key: &str,
+        revision: Revision,
+        obj: &Value,
+    ) -> Result<Option<Stored>, ApiError> {
+        let op = Op::Put {
+            key: key.to_string(),
+            value: Self::encode(def, obj),
+        };
+        let Some(resp) = self.write_if_revision(key, revision, op).await? else {
+            return Ok(None);
+        };
+        let object = match resp.results.first() {
+            Some(OpResult::Put { kv, .. }) => Some(self.decode(def, kv)?),
+            _ => None,
+        };
+        Ok(Some(Stored {
+            object,
+            revision: resp.revision,
+        }))
+    }
+
+    /// Deletes `key` if its mod revision is still `revision`: the store revision of the delete,
+    /// or `None` when the compare failed.
+    async fn delete_if_revision(
+        &self,
+        key: &str,
+        revision: Revision,
+    ) -> Result<Option<Revision>, ApiError> {
+        let op = Op::Delete {
+            key: key.to_string(),
+        };
+        Ok(self
+            .write_if_revision(key, revision, op)
+            .await?
+            .map(|resp| resp.revision))
     }
 
     /// Reads one object.
@@ -742,30 +816,22 @@ impl Storage {
                 }
                 return Ok(obj);
             }
-            let resp = self
-                .store
-                .txn(Txn {
-                    compares: vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision: 0,
-                    }],
-                    success: vec![Op::Put {
-                        key: key.clone(),
-                        value: Self::encode(def, &obj),
-                    }],
-                    failure: vec![],
-                })
-                .await?;
-            if resp.succeeded {
-                if let Some(OpResult::Put { kv, .. }) = resp.results.first() {
-                    return self.decode(def, kv);
+            // Revision 0: the key must not exist yet.
+            match self.put_if_revision(def, &key, 0, &obj).await? {
+                Some(Stored {
+                    object: Some(created),
+                    ..
+                }) => return Ok(created),
+                Some(_) => {
+                    return Err(ApiError::internal(
+                        "the store did not return the created object",
+                    ));
                 }
-                return Err(ApiError::internal(
-                    "the store did not return the created object",
-                ));
-            }
-            if !generated {
-                return Err(ApiError::already_exists(&def.group_resource(), &name));
+                None if !generated => {
+                    return Err(ApiError::already_exists(&def.group_resource(), &name));
+                }
+                // A generated name that is taken: try another suffix.
+                None => {}
             }
         }
         Err(ApiError {
@@ -834,32 +900,27 @@ impl Storage {
             if dry_run {
                 return Ok(next);
             }
-            let op = if finished {
-                Op::Delete { key: key.clone() }
+            // The last finalizer removed from a deleting object deletes it instead of writing it.
+            let written = if finished {
+                self.delete_if_revision(&key, mod_rev)
+                    .await?
+                    .map(|revision| Stored {
+                        object: None,
+                        revision,
+                    })
             } else {
-                Op::Put {
-                    key: key.clone(),
-                    value: Self::encode(def, &next),
-                }
+                self.put_if_revision(def, &key, mod_rev, &next).await?
             };
-            let resp = self
-                .store
-                .txn(Txn {
-                    compares: vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision: mod_rev,
-                    }],
-                    success: vec![op],
-                    failure: vec![],
-                })
-                .await?;
-            if resp.succeeded {
-                return match resp.results.first() {
-                    Some(OpResult::Put { kv, .. }) => self.decode(def, kv),
-                    _ => {
+            if let Some(written) = written {
+                return match written.object {
+                    Some(stored) => Ok(stored),
+                    // Deleted (or not echoed by the store): the final state at the write's revision.
+                    None => {
                         let mut gone = next;
-                        meta_mut(&mut gone)
-                            .insert("resourceVersion".into(), json!(resp.revision.to_string()));
+                        meta_mut(&mut gone).insert(
+                            "resourceVersion".into(),
+                            json!(written.revision.to_string()),
+                        );
                         Ok(gone)
                     }
                 };
@@ -937,18 +998,7 @@ impl Storage {
                 if opts.dry_run {
                     return Ok(Deleted::Gone(current));
                 }
-                let resp = self
-                    .store
-                    .txn(Txn {
-                        compares: vec![Compare::ModRevision {
-                            key: key.clone(),
-                            revision: mod_rev,
-                        }],
-                        success: vec![Op::Delete { key: key.clone() }],
-                        failure: vec![],
-                    })
-                    .await?;
-                if resp.succeeded {
+                if self.delete_if_revision(&key, mod_rev).await?.is_some() {
                     return Ok(Deleted::Gone(current));
                 }
                 continue;
@@ -975,25 +1025,8 @@ impl Storage {
             if opts.dry_run {
                 return Ok(Deleted::Pending(next));
             }
-            let resp = self
-                .store
-                .txn(Txn {
-                    compares: vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision: mod_rev,
-                    }],
-                    success: vec![Op::Put {
-                        key: key.clone(),
-                        value: Self::encode(def, &next),
-                    }],
-                    failure: vec![],
-                })
-                .await?;
-            if resp.succeeded {
-                if let Some(OpResult::Put { kv, .. }) = resp.results.first() {
-                    return Ok(Deleted::Pending(self.decode(def, kv)?));
-                }
-                return Ok(Deleted::Pending(next));
+            if let Some(written) = self.put_if_revision(def, &key, mod_rev, &next).await? {
+                return Ok(Deleted::Pending(written.object.unwrap_or(next)));
             }
         }
         Err(ApiError::conflict(
