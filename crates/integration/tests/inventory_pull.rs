@@ -71,6 +71,31 @@ fn spawn_agent(
     (stop, task)
 }
 
+/// Waits until `cluster`'s agent is waiting to be accepted, and returns its registration. When
+/// it never gets there, the error also says how the agent ended, if it did, so a refused or
+/// failed registration explains itself instead of only timing out.
+async fn wait_until_pending(
+    hub: &Client,
+    cluster: &str,
+    what: &str,
+    agent: &mut JoinHandle<Result<Exit, AgentError>>,
+) -> Result<pull::Registration> {
+    let waiting = common::eventually(Duration::from_secs(30), what, async || {
+        Ok(pull::pending_registrations(hub)
+            .await?
+            .into_iter()
+            .find(|r| r.cluster == cluster))
+    })
+    .await;
+    match waiting {
+        Ok(registration) => Ok(registration),
+        Err(error) => {
+            let outcome = tokio::time::timeout(Duration::from_secs(1), agent).await;
+            bail!("{error}; the agent: {outcome:?}")
+        }
+    }
+}
+
 fn profile_condition(profile: &ClusterProfile, type_: &str) -> Option<(String, String)> {
     atoll_api::conditions::find(&profile.status.as_ref()?.conditions, type_)
         .map(|c| (c.status.clone(), c.reason.clone()))
@@ -120,21 +145,14 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
     let token =
         pull::create_bootstrap_token(&hub, DEFAULT_MANAGER_NAMESPACE, Duration::from_secs(3600))
             .await?;
-    let (stop_east, east_agent) = spawn_agent(agent_options(
+    let (stop_east, mut east_agent) = spawn_agent(agent_options(
         "east",
         east.clone(),
         hub_cluster,
         Some(token.token.clone()),
     ));
-    let waiting = common::eventually(
-        Duration::from_secs(30),
-        "east waiting to be accepted",
-        async || {
-            let pending = pull::pending_registrations(&hub).await?;
-            Ok(pending.into_iter().find(|r| r.cluster == "east"))
-        },
-    )
-    .await?;
+    let waiting =
+        wait_until_pending(&hub, "east", "east waiting to be accepted", &mut east_agent).await?;
     ensure!(waiting.cluster_set == SET && !waiting.cluster_id.is_empty());
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), DEFAULT_MANAGER_NAMESPACE);
     ensure!(
@@ -255,17 +273,7 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
     );
     duplicate.cluster_id = Some(east_id.clone());
     let (_stop_duplicate, mut duplicate_agent) = spawn_agent(duplicate);
-    let waiting = common::eventually(Duration::from_secs(30), "west waiting", async || {
-        Ok(pull::pending_registrations(&hub)
-            .await?
-            .into_iter()
-            .find(|r| r.cluster == "west"))
-    })
-    .await;
-    if let Err(error) = waiting {
-        let outcome = tokio::time::timeout(Duration::from_secs(1), &mut duplicate_agent).await;
-        bail!("{error}; the agent: {outcome:?}");
-    }
+    wait_until_pending(&hub, "west", "west waiting", &mut duplicate_agent).await?;
     let refused = pull::accept(&hub, DEFAULT_MANAGER_NAMESPACE, "west").await;
     ensure!(
         matches!(&refused, Err(e) if e.to_string().contains("already used by joined cluster \"east\"")),
@@ -297,17 +305,7 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
         hub_cluster,
         Some(west_token.token),
     ));
-    let waiting = common::eventually(Duration::from_secs(30), "west waiting again", async || {
-        Ok(pull::pending_registrations(&hub)
-            .await?
-            .into_iter()
-            .find(|r| r.cluster == "west"))
-    })
-    .await;
-    if let Err(error) = waiting {
-        let outcome = tokio::time::timeout(Duration::from_secs(1), &mut west_agent).await;
-        bail!("{error}; the agent: {outcome:?}");
-    }
+    wait_until_pending(&hub, "west", "west waiting again", &mut west_agent).await?;
     pull::accept(&hub, DEFAULT_MANAGER_NAMESPACE, "west").await?;
 
     // Confinement: east's credentials reach east's namespace and nothing else.
