@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+use crate::storage::string_list;
+
 /// A resource qualified by its group, printed as kube-apiserver prints it (`leases.coordination.k8s.io`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupResource {
@@ -592,6 +594,17 @@ fn remove_crd(inner: &mut Inner, crd_name: &str) {
     }
 }
 
+/// The name of a CRD's storage version (the first version marked `storage: true`).
+pub fn crd_storage_version(crd: &Value) -> Option<&Value> {
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .and_then(|vs| {
+            vs.iter()
+                .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        })
+        .and_then(|v| v.get("name"))
+}
+
 /// The resource definitions a CRD serves (one per served version), or `None` when the CRD is
 /// malformed.
 pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
@@ -610,24 +623,11 @@ pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| format!("{kind}List"));
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let short_names = strings(names.get("shortNames"));
-    let categories = strings(names.get("categories"));
+    let short_names = string_list(names.get("shortNames"));
+    let categories = string_list(names.get("categories"));
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
     let versions = spec.get("versions")?.as_array()?;
-    let storage_version = versions
-        .iter()
-        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-        .and_then(|v| v.get("name"))
+    let storage_version = crd_storage_version(crd)
         .and_then(Value::as_str)?
         .to_string();
     let mut defs = Vec::new();

@@ -10,18 +10,7 @@ use crate::error::ApiError;
 use crate::rbac;
 use crate::registry::{GroupResource, ResourceDef};
 use crate::request::{RequestTarget, ResourceRequest, static_verb};
-use crate::storage::Storage;
-
-fn string_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::storage::{Storage, string_list};
 
 fn target_of(spec: &Value) -> Result<RequestTarget, ApiError> {
     if let Some(attrs) = spec.get("resourceAttributes") {

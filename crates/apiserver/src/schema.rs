@@ -5,6 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::Cause;
+use crate::storage::string_list;
 
 fn is_preserve(schema: &Value) -> bool {
     schema
@@ -93,16 +94,7 @@ pub fn validate(schema: &Value, obj: &Value) -> Vec<Cause> {
 }
 
 fn required(schema: &Value) -> Vec<String> {
-    schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| {
-            r.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    string_list(schema.get("required"))
 }
 
 fn type_name(v: &Value) -> &'static str {

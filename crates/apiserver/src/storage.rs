@@ -190,11 +190,10 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     map
 }
 
-/// The object's finalizers.
-pub fn finalizers(obj: &Value) -> Vec<String> {
-    meta(obj)
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
+/// The strings of a JSON array, as Kubernetes' string lists are read: empty when absent or
+/// not an array, non-strings skipped.
+pub fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
@@ -202,6 +201,11 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The object's finalizers.
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    string_list(meta(obj).and_then(|m| m.get("finalizers")))
 }
 
 /// The object's `metadata.name`.
@@ -1229,6 +1233,18 @@ fn strip_rv(obj: &Value) -> Value {
     v
 }
 
+/// Gives `target` the status of `source`, or none when `source` has none.
+fn copy_status(target: &mut Value, source: &Value) {
+    match source.get("status") {
+        Some(status) => target["status"] = status.clone(),
+        None => {
+            if let Some(o) = target.as_object_mut() {
+                o.remove("status");
+            }
+        }
+    }
+}
+
 /// kube-apiserver's update rules: what a client may not change is taken from the current
 /// object, the status subresource splits writes, and generation follows spec changes.
 fn merge_update(
@@ -1242,27 +1258,14 @@ fn merge_update(
         Some("status") | Some("approval") => {
             // A write to /status changes status only.
             let mut next = current.clone();
-            match desired.get("status") {
-                Some(status) => next["status"] = status.clone(),
-                None => {
-                    if let Some(o) = next.as_object_mut() {
-                        o.remove("status");
-                    }
-                }
-            }
+            copy_status(&mut next, &desired);
             next
         }
         _ => {
             let mut next = desired;
             if def.status_subresource {
-                match current.get("status") {
-                    Some(status) => next["status"] = status.clone(),
-                    None => {
-                        if let Some(o) = next.as_object_mut() {
-                            o.remove("status");
-                        }
-                    }
-                }
+                // Status is written through /status only.
+                copy_status(&mut next, current);
             }
             next
         }

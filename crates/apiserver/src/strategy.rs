@@ -5,7 +5,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::error::Cause;
-use crate::registry::ResourceDef;
+use crate::registry::{ResourceDef, crd_storage_version};
 use crate::storage::{finalizers, name_of};
 use crate::{rules, schema};
 
@@ -56,15 +56,7 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
             obj["type"] = json!("Opaque");
         }
     } else if is(def, "apiextensions.k8s.io", "CustomResourceDefinition") {
-        let storage = obj
-            .pointer("/spec/versions")
-            .and_then(Value::as_array)
-            .and_then(|vs| {
-                vs.iter()
-                    .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-            })
-            .and_then(|v| v.get("name"))
-            .cloned();
+        let storage = crd_storage_version(obj).cloned();
         obj["status"] = json!({
             "conditions": [],
             "acceptedNames": { "plural": "", "kind": "" },
@@ -116,14 +108,7 @@ pub fn prepare_update(
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            if let Some(storage) = next
-                .pointer("/spec/versions")
-                .and_then(Value::as_array)
-                .and_then(|vs| {
-                    vs.iter()
-                        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
-                })
-                .and_then(|v| v.get("name"))
+            if let Some(storage) = crd_storage_version(&next)
                 && !stored.contains(storage)
             {
                 stored.push(storage.clone());
