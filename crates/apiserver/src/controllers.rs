@@ -255,6 +255,25 @@ async fn reconcile_crd(
     Ok(())
 }
 
+/// The outcome of a loop's write to an object it read earlier: one deleted since needs nothing
+/// more, so that is no failure of the pass.
+fn ignore_gone<T>(result: Result<T, ApiError>) -> Result<(), ApiError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// As [`ignore_gone`], for a delete that may also lose to concurrent writers (409): the next
+/// pass sees the object again and retries.
+fn ignore_gone_or_changed<T>(result: Result<T, ApiError>) -> Result<(), ApiError> {
+    match result {
+        Err(e) if e.code == 409 => Ok(()),
+        other => ignore_gone(other),
+    }
+}
+
 /// Deletes every key under a prefix, in batches.
 async fn delete_prefix(storage: &Storage, prefix: &str) -> Result<(), ApiError> {
     loop {
@@ -338,34 +357,28 @@ async fn namespace_pass(
                 if is_deleting(&obj) {
                     continue;
                 }
-                match storage
-                    .delete(&def, Some(&name), name_of(&obj), &DeleteOptions::default())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
+                ignore_gone_or_changed(
+                    storage
+                        .delete(&def, Some(&name), name_of(&obj), &DeleteOptions::default())
+                        .await,
+                )?;
             }
         }
         if remaining == 0 {
-            match storage
-                .update_with(ns_def, None, &name, Some("finalize"), false, |current| {
-                    let mut next = current.clone();
-                    let fins: Vec<Value> = current
-                        .pointer("/spec/finalizers")
-                        .and_then(Value::as_array)
-                        .map(|f| f.iter().filter(|f| *f != "kubernetes").cloned().collect())
-                        .unwrap_or_default();
-                    next["spec"] = json!({ "finalizers": fins });
-                    Ok(next)
-                })
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            ignore_gone(
+                storage
+                    .update_with(ns_def, None, &name, Some("finalize"), false, |current| {
+                        let mut next = current.clone();
+                        let fins: Vec<Value> = current
+                            .pointer("/spec/finalizers")
+                            .and_then(Value::as_array)
+                            .map(|f| f.iter().filter(|f| *f != "kubernetes").cloned().collect())
+                            .unwrap_or_default();
+                        next["spec"] = json!({ "finalizers": fins });
+                        Ok(next)
+                    })
+                    .await,
+            )?;
         }
     }
     Ok(())
@@ -581,19 +594,16 @@ async fn gc_pass(
             continue;
         }
         let ns = namespace_of(&item.obj).map(str::to_string);
-        match storage
-            .delete(
-                &item.def,
-                ns.as_deref(),
-                name_of(&item.obj),
-                &DeleteOptions::default(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e),
-        }
+        ignore_gone_or_changed(
+            storage
+                .delete(
+                    &item.def,
+                    ns.as_deref(),
+                    name_of(&item.obj),
+                    &DeleteOptions::default(),
+                )
+                .await,
+        )?;
     }
     // Owners being deleted in the foreground or orphaning.
     for item in &items {
@@ -633,11 +643,7 @@ async fn gc_pass(
                         },
                     )
                     .await;
-                match result {
-                    Ok(_) => {}
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
+                ignore_gone(result)?;
             }
             done = Some("orphan");
         } else if fins.iter().any(|f| f == "foregroundDeletion") {
@@ -654,14 +660,11 @@ async fn gc_pass(
                         propagation: Propagation::Foreground,
                         ..Default::default()
                     };
-                    match storage
-                        .delete(&dep.def, ns.as_deref(), name_of(&dep.obj), &opts)
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(e) if e.code == 404 || e.code == 409 => {}
-                        Err(e) => return Err(e),
-                    }
+                    ignore_gone_or_changed(
+                        storage
+                            .delete(&dep.def, ns.as_deref(), name_of(&dep.obj), &opts)
+                            .await,
+                    )?;
                 }
             }
         }
@@ -685,11 +688,7 @@ async fn gc_pass(
                     },
                 )
                 .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            ignore_gone(result)?;
         }
     }
     Ok((revision, dependents.into_keys().collect()))
