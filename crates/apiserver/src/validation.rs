@@ -90,60 +90,44 @@ pub fn validate_name(rule: NameRule, name: &str, generated: bool) -> Vec<Cause> 
 /// characters of the allowed set.
 pub fn validate_labels(obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
-    if let Some(labels) = obj.pointer("/metadata/labels") {
-        match labels.as_object() {
-            Some(map) => {
-                for (k, v) in map {
-                    if let Some(p) = qualified_name(k) {
-                        causes.push(Cause::invalid(
-                            "metadata.labels",
-                            &Value::String(k.clone()),
-                            p,
-                        ));
-                    }
-                    match v.as_str() {
-                        Some(s) if valid_label_value(s) => {}
-                        _ => causes.push(Cause::invalid(
-                            "metadata.labels",
-                            v,
-                            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
-                        )),
-                    }
-                }
-            }
-            None if labels.is_null() => {}
-            None => causes.push(Cause::invalid("metadata.labels", labels, "must be a map")),
-        }
-    }
-    if let Some(annotations) = obj.pointer("/metadata/annotations") {
-        match annotations.as_object() {
-            Some(map) => {
-                for (k, v) in map {
-                    if let Some(p) = qualified_name(k) {
-                        causes.push(Cause::invalid(
-                            "metadata.annotations",
-                            &Value::String(k.clone()),
-                            p,
-                        ));
-                    }
-                    if !v.is_string() {
-                        causes.push(Cause::invalid(
-                            "metadata.annotations",
-                            v,
-                            "must be a string",
-                        ));
-                    }
-                }
-            }
-            None if annotations.is_null() => {}
-            None => causes.push(Cause::invalid(
-                "metadata.annotations",
-                annotations,
-                "must be a map",
-            )),
-        }
-    }
+    validate_string_map(obj, "labels", &mut causes, |v| match v.as_str() {
+        Some(s) if valid_label_value(s) => None,
+        _ => Some(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+        ),
+    });
+    validate_string_map(obj, "annotations", &mut causes, |v| {
+        (!v.is_string()).then_some("must be a string")
+    });
     causes
+}
+
+/// Validates `metadata.<field>`, a map (or null) with qualified names for keys; `bad_value`
+/// says what is wrong with a value, if anything. Labels and annotations differ only there.
+fn validate_string_map(
+    obj: &Value,
+    field: &str,
+    causes: &mut Vec<Cause>,
+    bad_value: impl Fn(&Value) -> Option<&'static str>,
+) {
+    let Some(map) = obj.get("metadata").and_then(|m| m.get(field)) else {
+        return;
+    };
+    let path = format!("metadata.{field}");
+    match map.as_object() {
+        Some(entries) => {
+            for (k, v) in entries {
+                if let Some(p) = qualified_name(k) {
+                    causes.push(Cause::invalid(&path, &Value::String(k.clone()), p));
+                }
+                if let Some(problem) = bad_value(v) {
+                    causes.push(Cause::invalid(&path, v, problem));
+                }
+            }
+        }
+        None if map.is_null() => {}
+        None => causes.push(Cause::invalid(&path, map, "must be a map")),
+    }
 }
 
 fn valid_label_value(s: &str) -> bool {
