@@ -18,48 +18,37 @@ pub fn human_duration(seconds: i64) -> String {
     }
     let minutes = seconds / 60;
     if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{s}s")
-        };
+        return with_remainder(minutes, 'm', seconds % 60, 's');
     }
     if minutes < 180 {
         return format!("{minutes}m");
     }
     let hours = seconds / 3600;
     if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
+        return with_remainder(hours, 'h', minutes % 60, 'm');
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 {
-            format!("{}d", hours / 24)
-        } else {
-            format!("{}d{h}h", hours / 24)
-        };
+        return with_remainder(hours / 24, 'd', hours % 24, 'h');
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
-        let dy = (hours / 24) % 365;
-        return if dy == 0 {
-            format!("{}y", hours / 24 / 365)
-        } else {
-            format!("{}y{dy}d", hours / 24 / 365)
-        };
+        return with_remainder(hours / 24 / 365, 'y', (hours / 24) % 365, 'd');
     }
     format!("{}y", hours / 24 / 365)
+}
+
+/// `5m` or `5m3s`: the smaller unit is shown only when it is not zero, as kube prints it.
+fn with_remainder(whole: i64, unit: char, rest: i64, rest_unit: char) -> String {
+    if rest == 0 {
+        format!("{whole}{unit}")
+    } else {
+        format!("{whole}{unit}{rest}{rest_unit}")
+    }
 }
 
 fn age(timestamp: Option<&str>) -> String {
