@@ -473,6 +473,27 @@ fn patch_sets_resource_version(kind: PatchType, body: &[u8]) -> bool {
     }
 }
 
+/// Creates an object and answers 201 with the field warnings: a POST, and a server-side apply
+/// to an object that does not exist yet, go the same way (unknown fields checked, then
+/// certificate requests prepared for the requester).
+async fn create_and_answer(
+    storage: &Storage,
+    def: &ResourceDef,
+    namespace: Option<&str>,
+    obj: Value,
+    dry_run: bool,
+    validation: FieldValidation,
+    user: &UserInfo,
+) -> Result<Response, ApiError> {
+    let warnings = check_unknown_fields(def, &obj, validation)?;
+    let obj = crate::certificates::on_create(def, obj, user)?;
+    let created = storage.create(def, namespace, obj, dry_run).await?;
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &created),
+        &warnings,
+    ))
+}
+
 async fn resource(
     state: &AppState,
     r: ResourceRequest,
@@ -629,13 +650,7 @@ async fn resource(
             let validation = field_validation(query)?;
             let (_, body) = read_body(req).await?;
             let obj = parse_json(&body)?;
-            let warnings = check_unknown_fields(&def, &obj, validation)?;
-            let obj = crate::certificates::on_create(&def, obj, _user)?;
-            let created = storage.create(&def, ns, obj, dry).await?;
-            Ok(with_warnings(
-                json_response(StatusCode::CREATED, &created),
-                &warnings,
-            ))
+            create_and_answer(storage, &def, ns, obj, dry, validation, _user).await
         }
         "update" => {
             let dry = dry_run(query)?;
@@ -684,13 +699,7 @@ async fn resource(
                 Err(e) if e.code == 404 && kind == PatchType::Apply && r.subresource.is_none() => {
                     let mut obj = parse_json(&body)?;
                     crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
-                    let warnings = check_unknown_fields(&def, &obj, validation)?;
-                    let obj = crate::certificates::on_create(&def, obj, _user)?;
-                    let created = storage.create(&def, ns, obj, dry).await?;
-                    Ok(with_warnings(
-                        json_response(StatusCode::CREATED, &created),
-                        &warnings,
-                    ))
+                    create_and_answer(storage, &def, ns, obj, dry, validation, _user).await
                 }
                 Err(e) => Err(e),
             }
