@@ -11,18 +11,17 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use atoll_api::cluster_profile::{ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER};
+use atoll_api::cluster_profile::ClusterProfile;
 use atoll_mcs::hub::HubConfig;
 use atoll_mcs::member::MemberConfig;
-use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::inventory::profiles::{ProfileEvents, ProfileFeed};
 use crate::inventory::{
     CLUSTER_NAMESPACE_PREFIX, MEMBER_CLUSTER_ROLE, cluster_namespace, member_from_secret,
     profile_cluster_id,
@@ -36,8 +35,25 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 const WAIT: Duration = Duration::from_secs(1);
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
-/// Runs the MCS aggregator and one member syncer per push-mode cluster until `shutdown`.
+/// Runs the MCS aggregator and one member syncer per push-mode cluster, with a watch of
+/// profiles of its own, until `shutdown`.
 pub async fn run(hub: Client, manager_namespace: String, shutdown: impl Future<Output = ()>) {
+    let mut feed = ProfileFeed::new();
+    let profiles = feed.subscribe();
+    tokio::join!(
+        feed.run(hub.clone(), &manager_namespace),
+        run_with(hub.clone(), manager_namespace.clone(), profiles, shutdown),
+    );
+}
+
+/// Runs the MCS aggregator and one member syncer per push-mode cluster in `profiles` (a
+/// shared watch) until `shutdown` or until the watch stops.
+pub async fn run_with(
+    hub: Client,
+    manager_namespace: String,
+    profiles: ProfileEvents,
+    shutdown: impl Future<Output = ()>,
+) {
     let aggregator = atoll_mcs::hub::run(
         HubConfig {
             hub: hub.clone(),
@@ -49,26 +65,17 @@ pub async fn run(hub: Client, manager_namespace: String, shutdown: impl Future<O
     tokio::select! {
         () = shutdown => {},
         () = aggregator => {},
-        () = follow_profiles(hub, manager_namespace) => {},
+        () = follow_profiles(hub, manager_namespace, profiles) => {},
     }
 }
 
-async fn follow_profiles(hub: Client, manager_namespace: String) {
-    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
-    let config = watcher::Config::default()
-        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
-    let (cache, writer) = reflector::store();
-    let mut events = watcher::watcher(profiles, config)
-        .default_backoff()
-        // Nothing here reads managedFields, most of a profile's size.
-        .modify(|profile| profile.managed_fields_mut().clear())
-        .reflect(writer)
-        .boxed();
+async fn follow_profiles(hub: Client, manager_namespace: String, mut profiles: ProfileEvents) {
+    let cache = profiles.cache().clone();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+    while let Some(event) = profiles.next().await {
+        match &*event {
+            Event::Apply(profile) | Event::InitApply(profile) => {
                 let name = profile.name_any();
                 listing.push(name.clone());
                 if profile.metadata.deletion_timestamp.is_some() {
@@ -76,7 +83,7 @@ async fn follow_profiles(hub: Client, manager_namespace: String) {
                     continue;
                 }
                 // A pull-mode cluster's agent runs its syncer; the hub holds no credentials.
-                if crate::inventory::is_pull_mode(&profile) {
+                if crate::inventory::is_pull_mode(profile) {
                     continue;
                 }
                 workers.entry(name.clone()).or_insert_with(|| {
@@ -89,14 +96,13 @@ async fn follow_profiles(hub: Client, manager_namespace: String) {
                     )))
                 });
             }
-            Ok(Event::Delete(profile)) => {
+            Event::Delete(profile) => {
                 if workers.remove(&profile.name_any()).is_some() {
                     info!(cluster = %profile.name_any(), "MCS: cluster gone; stopping its syncer");
                 }
             }
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitDone) => workers.retain(|name, _| listing.contains(name)),
-            Err(error) => warn!(%error, "MCS: watching ClusterProfiles"),
+            Event::Init => listing.clear(),
+            Event::InitDone => workers.retain(|name, _| listing.contains(name)),
         }
     }
 }

@@ -17,7 +17,6 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use atoll_api::cluster_profile::{ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER};
 use atoll_api::work::Work;
 use atoll_work::ApplierConfig;
 use futures::StreamExt;
@@ -29,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::inventory::profiles::{ProfileEvents, ProfileFeed};
 use crate::inventory::{CLUSTER_NAMESPACE_PREFIX, cluster_namespace, work_member_from_secret};
 
 struct Worker {
@@ -36,19 +36,30 @@ struct Worker {
     task: JoinHandle<()>,
 }
 
-/// Runs one applier per Atoll-managed cluster until `shutdown` resolves.
+/// Runs one applier per Atoll-managed cluster, with a watch of profiles of its own, until
+/// `shutdown` resolves.
 pub async fn run(
     hub: Client,
     manager_namespace: String,
     config: ApplierConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
-    let watch_config = watcher::Config::default()
-        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
-    let mut events = watcher::watcher(profiles, watch_config)
-        .default_backoff()
-        .boxed();
+    let mut feed = ProfileFeed::new();
+    let profiles = feed.subscribe();
+    tokio::join!(
+        feed.run(hub.clone(), &manager_namespace),
+        run_with(hub, config, profiles, shutdown),
+    );
+}
+
+/// Runs one applier per Atoll-managed cluster in `profiles` (a shared watch) until `shutdown`
+/// resolves or the watch stops.
+pub async fn run_with(
+    hub: Client,
+    config: ApplierConfig,
+    mut profiles: ProfileEvents,
+    shutdown: impl Future<Output = ()>,
+) {
     // Only the namespaces of Works matter here; the appliers watch the Works themselves.
     let mut works = watcher::watcher(Api::<Work>::all(hub.clone()), watcher::Config::default())
         .default_backoff()
@@ -76,7 +87,7 @@ pub async fn run(
     loop {
         let event = tokio::select! {
             () = &mut shutdown => break,
-            event = events.next() => event,
+            event = profiles.next() => event,
             work = works.next() => {
                 match work {
                     Some(Ok(work)) => {
@@ -97,8 +108,8 @@ pub async fn run(
             }
         };
         let Some(event) = event else { break };
-        match event {
-            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+        match &*event {
+            Event::Apply(profile) | Event::InitApply(profile) => {
                 let name = profile.name_any();
                 listing.push(name.clone());
                 if profile.metadata.deletion_timestamp.is_some() {
@@ -109,7 +120,7 @@ pub async fn run(
                     continue;
                 }
                 // A pull-mode cluster's agent runs its applier; the hub holds no credentials.
-                if crate::inventory::is_pull_mode(&profile) {
+                if crate::inventory::is_pull_mode(profile) {
                     continue;
                 }
                 push_clusters.insert(name.clone());
@@ -117,15 +128,15 @@ pub async fn run(
                     start(&mut workers, &name);
                 }
             }
-            Ok(Event::Delete(profile)) => {
+            Event::Delete(profile) => {
                 let name = profile.name_any();
                 push_clusters.remove(&name);
                 if let Some(worker) = workers.remove(&name) {
                     retire(hub.clone(), name, worker);
                 }
             }
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitDone) => {
+            Event::Init => listing.clear(),
+            Event::InitDone => {
                 push_clusters.retain(|name| listing.contains(name));
                 let gone: Vec<String> = workers
                     .keys()
@@ -138,7 +149,6 @@ pub async fn run(
                     }
                 }
             }
-            Err(error) => warn!(%error, "watching ClusterProfiles"),
         }
     }
     // Shutdown: stop every applier cleanly (in-flight reconciles finish), keep finalizers.

@@ -118,13 +118,20 @@ pub async fn run_controllers(
         acquired = elector.acquire() => acquired?,
     }
     info!(%identity, "leading; starting controllers");
+    // One watch and cache of ClusterProfiles for the status, MCS and Work controllers.
+    let mut profile_feed = inventory::profiles::ProfileFeed::new();
+    let status_profiles = profile_feed.subscribe();
+    let mcs_profiles = profile_feed.subscribe();
+    let work_profiles = profile_feed.subscribe();
     // The other controllers are level-triggered and stop at once; appliers get to finish the
     // Works in flight (below).
     let others = {
-        let status = inventory::status::run(
+        let profile_feed = profile_feed.run(hub.clone(), &args.manager_namespace);
+        let status = inventory::status::run_with(
             hub.clone(),
             args.manager_namespace.clone(),
             health,
+            status_profiles,
             std::future::pending(),
         );
         let registrar = inventory::pull::run_registrar(
@@ -133,20 +140,21 @@ pub async fn run_controllers(
             args.auto_accept,
             std::future::pending(),
         );
-        let mcs = atoll_controllers::mcs::run(
+        let mcs = atoll_controllers::mcs::run_with(
             hub.clone(),
             args.manager_namespace.clone(),
+            mcs_profiles,
             std::future::pending(),
         );
         async move {
-            tokio::join!(status, registrar, mcs);
+            tokio::join!(profile_feed, status, registrar, mcs);
         }
     };
     let (stop_work, work_stopped) = tokio::sync::oneshot::channel::<()>();
-    let work = atoll_controllers::work::run(
+    let work = atoll_controllers::work::run_with(
         hub,
-        args.manager_namespace,
         atoll_work::ApplierConfig::default(),
+        work_profiles,
         async move {
             let _ = work_stopped.await;
         },

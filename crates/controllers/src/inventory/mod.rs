@@ -14,6 +14,7 @@
 
 mod join;
 mod names;
+pub mod profiles;
 pub mod property_watch;
 pub mod pull;
 pub mod status;

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::cluster_profile::{
-    ATOLL_CLUSTER_MANAGER, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion,
-    LABEL_CLUSTER_MANAGER, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
+    CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion, Property, TAINT_NOT_READY,
+    TAINT_UNREACHABLE, Taint, TaintEffect,
 };
 use atoll_api::conditions;
 use futures::{Stream, StreamExt};
@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use super::join::member_http_from_secret;
 use super::names::{LABEL_CLUSTER_NAME, cluster_namespace};
+use super::profiles::{ProfileEvents, ProfileFeed};
 use super::property_watch::{self, Properties};
 use super::pull::{
     AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES, STATUS_KEY_READY,
@@ -297,25 +298,38 @@ async fn member_version(member: &MemberHttp, timeout: Duration) -> Option<String
         .map(|v| v.git_version)
 }
 
-/// Runs the status controller until `shutdown` resolves.
+/// Runs the status controller, with a watch of profiles of its own, until `shutdown` resolves.
 pub async fn run(
     hub: Client,
     manager_namespace: String,
     health: HealthConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
-    let config = watcher::Config::default()
-        .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}"));
-    // Workers read profiles from this cache, so a steady fleet costs the hub no reads. The
-    // cache keeps no managedFields, which nothing here reads and which are most of a
-    // profile's size.
-    let (cache, writer) = reflector::store();
-    let mut events = watcher::watcher(profiles, config)
-        .default_backoff()
-        .modify(|profile| profile.managed_fields_mut().clear())
-        .reflect(writer)
-        .boxed();
+    let mut feed = ProfileFeed::new();
+    let profiles = feed.subscribe();
+    tokio::join!(
+        feed.run(hub.clone(), &manager_namespace),
+        run_with(
+            hub.clone(),
+            manager_namespace.clone(),
+            health,
+            profiles,
+            shutdown
+        ),
+    );
+}
+
+/// Runs the status controller on `profiles` (a shared watch) until `shutdown` resolves or the
+/// watch stops.
+pub async fn run_with(
+    hub: Client,
+    manager_namespace: String,
+    health: HealthConfig,
+    mut profiles: ProfileEvents,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    // Workers read profiles from this cache, so a steady fleet costs the hub no reads.
+    let cache = profiles.cache().clone();
     let agents = AgentReports::watch(&hub);
     let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
@@ -323,11 +337,11 @@ pub async fn run(
     loop {
         let event = tokio::select! {
             () = &mut shutdown => break,
-            event = events.next() => event,
+            event = profiles.next() => event,
         };
         let Some(event) = event else { break };
-        match event {
-            Ok(Event::Apply(profile) | Event::InitApply(profile)) => {
+        match &*event {
+            Event::Apply(profile) | Event::InitApply(profile) => {
                 let name = profile.name_any();
                 listing.push(name.clone());
                 if profile.metadata.deletion_timestamp.is_some() {
@@ -336,7 +350,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                let pull = super::names::is_pull_mode(&profile);
+                let pull = super::names::is_pull_mode(profile);
                 workers.entry(name.clone()).or_insert_with(|| {
                     info!(cluster = %name, pull, "watching cluster");
                     if pull {
@@ -359,14 +373,14 @@ pub async fn run(
                     }
                 });
             }
-            Ok(Event::Delete(profile)) => {
+            Event::Delete(profile) => {
                 if let Some(worker) = workers.remove(&profile.name_any()) {
                     info!(cluster = %profile.name_any(), "cluster gone; stopping its worker");
                     worker.abort();
                 }
             }
-            Ok(Event::Init) => listing.clear(),
-            Ok(Event::InitDone) => {
+            Event::Init => listing.clear(),
+            Event::InitDone => {
                 // After a relist, stop workers of profiles that vanished while unwatched.
                 workers.retain(|name, worker| {
                     let keep = listing.contains(name);
@@ -376,7 +390,6 @@ pub async fn run(
                     keep
                 });
             }
-            Err(error) => warn!(%error, "watching ClusterProfiles"),
         }
     }
     for (_, worker) in workers {
