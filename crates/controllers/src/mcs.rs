@@ -4,20 +4,23 @@
 //! client used only in that cluster's namespace: the same code the agent runs in pull mode.
 //!
 //! The set of syncers follows a watch on ClusterProfiles, one worker per profile, as the
-//! status controller does. A cluster without member credentials (pull mode) gets no syncer
-//! here; its agent runs it.
+//! status controller does; the aggregator reads the same watch's cache (one watch, shared with
+//! the status and Work controllers when they run together). A cluster without member
+//! credentials (pull mode) gets no syncer here; its agent runs it.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::cluster_profile::ClusterProfile;
-use atoll_mcs::hub::HubConfig;
+use atoll_mcs::hub::{HubConfig, SharedProfiles};
 use atoll_mcs::member::MemberConfig;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -54,26 +57,38 @@ pub async fn run_with(
     profiles: ProfileEvents,
     shutdown: impl Future<Output = ()>,
 ) {
-    let aggregator = atoll_mcs::hub::run(
+    // The aggregator reads the same profiles, woken by `follow_profiles` on every change.
+    let profiles_changed = Arc::new(Notify::new());
+    let aggregator = atoll_mcs::hub::run_with_profiles(
         HubConfig {
             hub: hub.clone(),
             manager_namespace: manager_namespace.clone(),
             cluster_namespace_prefix: CLUSTER_NAMESPACE_PREFIX.to_owned(),
         },
+        Some(SharedProfiles {
+            store: profiles.cache().clone(),
+            changed: profiles_changed.clone(),
+        }),
         std::future::pending(),
     );
     tokio::select! {
         () = shutdown => {},
         () = aggregator => {},
-        () = follow_profiles(hub, manager_namespace, profiles) => {},
+        () = follow_profiles(hub, manager_namespace, profiles, &profiles_changed) => {},
     }
 }
 
-async fn follow_profiles(hub: Client, manager_namespace: String, mut profiles: ProfileEvents) {
+async fn follow_profiles(
+    hub: Client,
+    manager_namespace: String,
+    mut profiles: ProfileEvents,
+    profiles_changed: &Notify,
+) {
     let cache = profiles.cache().clone();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
     while let Some(event) = profiles.next().await {
+        profiles_changed.notify_one();
         match &*event {
             Event::Apply(profile) | Event::InitApply(profile) => {
                 let name = profile.name_any();

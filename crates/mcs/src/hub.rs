@@ -30,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
@@ -52,14 +53,32 @@ pub struct HubConfig {
     pub cluster_namespace_prefix: String,
 }
 
-/// Runs the aggregator until `shutdown` resolves.
+/// Runs the aggregator, with watches of its own, until `shutdown` resolves.
 pub async fn run(config: HubConfig, shutdown: impl Future<Output = ()>) {
+    run_with_profiles(config, None, shutdown).await;
+}
+
+/// ClusterProfiles kept by a watch the caller runs (one the hub's other controllers share).
+pub struct SharedProfiles {
+    /// The Atoll-managed ClusterProfiles of the manager namespace.
+    pub store: Store<ClusterProfile>,
+    /// Notified by the caller after every change to `store`; the aggregator reconciles then.
+    pub changed: Arc<Notify>,
+}
+
+/// Runs the aggregator until `shutdown` resolves, reading ClusterProfiles from `profiles` if
+/// given, else from a watch of its own.
+pub async fn run_with_profiles(
+    config: HubConfig,
+    profiles: Option<SharedProfiles>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let slice_type = tokio::select! {
         () = &mut shutdown => return,
         found = slices::discover(&config.hub) => found,
     };
-    let aggregator = Aggregator::start(config, slice_type);
+    let aggregator = Aggregator::start(config, slice_type, profiles);
     tokio::select! {
         () = &mut shutdown => return,
         () = aggregator.ready() => {}
@@ -115,9 +134,23 @@ fn by_role(role: &str) -> watcher::Config {
 }
 
 impl Aggregator {
-    fn start(config: HubConfig, slice_type: ApiResource) -> Self {
-        let changed = Arc::new(Notify::new());
+    fn start(config: HubConfig, slice_type: ApiResource, shared: Option<SharedProfiles>) -> Self {
+        // With shared profiles, the caller's notifications of profile changes wake the same
+        // reconcile loop as this aggregator's own watches.
+        let (changed, profiles) = match shared {
+            Some(SharedProfiles { store, changed }) => (changed, Some(Cache::shared(store))),
+            None => (Arc::new(Notify::new()), None),
+        };
         let hub = &config.hub;
+        let profiles = profiles.unwrap_or_else(|| {
+            Cache::new(
+                Api::namespaced(hub.clone(), &config.manager_namespace),
+                watcher::Config::default()
+                    .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}")),
+                "ClusterProfiles",
+                changed.clone(),
+            )
+        });
         Aggregator {
             exports: Cache::new(
                 Api::all(hub.clone()),
@@ -138,13 +171,7 @@ impl Aggregator {
                 "hub EndpointSlices",
                 changed.clone(),
             ),
-            profiles: Cache::new(
-                Api::namespaced(hub.clone(), &config.manager_namespace),
-                watcher::Config::default()
-                    .labels(&format!("{LABEL_CLUSTER_MANAGER}={ATOLL_CLUSTER_MANAGER}")),
-                "ClusterProfiles",
-                changed.clone(),
-            ),
+            profiles,
             slice_type,
             changed,
             config,

@@ -34,7 +34,8 @@ where
     K::DynamicType: Eq + Hash + Clone,
 {
     pub(crate) store: Store<K>,
-    _task: AbortOnDrop,
+    /// The watch, unless the cache is someone else's ([`Cache::shared`]).
+    _task: Option<AbortOnDrop>,
 }
 
 impl<K> Cache<K>
@@ -84,8 +85,13 @@ where
         });
         Cache {
             store,
-            _task: AbortOnDrop(task),
+            _task: Some(AbortOnDrop(task)),
         }
+    }
+
+    /// A cache kept by a watch elsewhere, which wakes `changed` itself.
+    pub(crate) fn shared(store: Store<K>) -> Self {
+        Cache { store, _task: None }
     }
 
     /// Resolves once the first list is in.
