@@ -3,15 +3,19 @@
 //! users, groups and service accounts. `system:masters` may do everything, as upstream; health,
 //! version and discovery paths are open as upstream's bootstrap policy opens them.
 
+mod escalation;
+pub mod policy;
+
 use atoll_store::{RangeRequest, prefix_end};
 use serde_json::{Value, json};
 
+pub use escalation::Escalation;
+use policy::{PREFIX, Policy};
+
 use crate::auth::{SYSTEM_AUTHENTICATED, SYSTEM_MASTERS, UserInfo};
 use crate::error::ApiError;
-use crate::request::{RequestTarget, ResourceRequest};
+use crate::request::RequestTarget;
 use crate::storage::Storage;
-
-const PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
 
 /// Paths everyone may GET (upstream's `system:public-info-viewer`).
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
@@ -27,118 +31,42 @@ fn path_under(path: &str, roots: &[&str]) -> bool {
     })
 }
 
-fn strings(v: Option<&Value>) -> Vec<&str> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
-}
-
-fn verb_matches(rule: &Value, verb: &str) -> bool {
-    strings(rule.get("verbs"))
-        .iter()
-        .any(|v| *v == "*" || *v == verb)
-}
-
-fn resource_matches(rule: &Value, req: &ResourceRequest) -> bool {
-    let groups = strings(rule.get("apiGroups"));
-    if !groups.iter().any(|g| *g == "*" || *g == req.group) {
-        return false;
-    }
-    let combined = match &req.subresource {
-        Some(sub) => format!("{}/{sub}", req.resource),
-        None => req.resource.clone(),
-    };
-    let resource_ok = strings(rule.get("resources")).iter().any(|r| {
-        *r == "*"
-            || *r == combined
-            || req
-                .subresource
-                .as_deref()
-                .is_some_and(|sub| r.strip_prefix("*/") == Some(sub))
-    });
-    if !resource_ok {
-        return false;
-    }
-    let names = strings(rule.get("resourceNames"));
-    names.is_empty() || req.name.as_deref().is_some_and(|n| names.contains(&n))
-}
-
-fn non_resource_matches(rule: &Value, path: &str) -> bool {
-    strings(rule.get("nonResourceURLs")).iter().any(|u| {
-        *u == "*" || *u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
-    })
-}
-
-fn subject_matches(subject: &Value, user: &UserInfo, groups: &[&str], binding_ns: &str) -> bool {
-    let name = subject
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match subject.get("kind").and_then(Value::as_str) {
-        Some("User") => name == user.name,
-        Some("Group") => groups.contains(&name),
-        Some("ServiceAccount") => {
-            let ns = subject
-                .get("namespace")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .unwrap_or(binding_ns);
-            user.name == format!("system:serviceaccount:{ns}:{name}")
-        }
-        _ => false,
-    }
-}
-
-async fn list(storage: &Storage, prefix: &str) -> Result<Vec<Value>, ApiError> {
+/// Every RBAC object as of now.
+pub async fn policy(storage: &Storage) -> Result<std::sync::Arc<Policy>, ApiError> {
     let resp = storage
         .store()
         .range(RangeRequest {
-            start: prefix.to_string(),
-            end: prefix_end(prefix),
+            start: PREFIX.to_string(),
+            end: prefix_end(PREFIX),
             ..Default::default()
         })
         .await?;
-    Ok(resp
-        .kvs
-        .iter()
-        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-        .collect())
+    Ok(std::sync::Arc::new(Policy::from_objects(
+        resp.revision,
+        resp.kvs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_ref())),
+    )))
 }
 
-async fn get(storage: &Storage, key: &str) -> Result<Option<Value>, ApiError> {
-    let resp = storage
-        .store()
-        .range(RangeRequest {
-            start: key.to_string(),
-            end: format!("{key}\0"),
-            limit: 1,
-            ..Default::default()
-        })
-        .await?;
-    Ok(resp
-        .kvs
-        .first()
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-}
-
-async fn rules_of(
-    storage: &Storage,
-    role_ref: &Value,
-    binding_ns: Option<&str>,
-) -> Result<Vec<Value>, ApiError> {
-    let name = role_ref
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let key = match (role_ref.get("kind").and_then(Value::as_str), binding_ns) {
-        (Some("ClusterRole"), _) => format!("{PREFIX}clusterroles/{name}"),
-        (Some("Role"), Some(ns)) => format!("{PREFIX}roles/{ns}/{name}"),
-        _ => return Ok(Vec::new()),
-    };
-    Ok(get(storage, &key)
-        .await?
-        .and_then(|role| role.get("rules").and_then(Value::as_array).cloned())
-        .unwrap_or_default())
+/// The rules every user holds without a binding: upstream's bootstrap policy binds
+/// `system:public-info-viewer` to everyone and `system:discovery` to authenticated users;
+/// here the authorizer grants those paths itself.
+fn implicit_rules(user: &UserInfo) -> Vec<policy::PolicyRule> {
+    let mut urls: Vec<String> = Vec::new();
+    let mut roots: Vec<&str> = PUBLIC_PATHS.to_vec();
+    if user.all_groups().contains(&SYSTEM_AUTHENTICATED) {
+        roots.extend(DISCOVERY_PATHS);
+    }
+    for root in roots {
+        urls.push(root.to_string());
+        urls.push(format!("{root}/*"));
+    }
+    vec![policy::PolicyRule {
+        verbs: vec!["get".into()],
+        non_resource_urls: urls,
+        ..Default::default()
+    }]
 }
 
 /// Whether `user` may do what `target` asks.
@@ -161,49 +89,9 @@ pub async fn authorize(
             return Ok(true);
         }
     }
-    let allows = |rule: &Value| match target {
-        RequestTarget::Resource(req) => verb_matches(rule, req.verb) && resource_matches(rule, req),
-        RequestTarget::NonResource { path, verb } => {
-            verb_matches(rule, verb) && non_resource_matches(rule, path)
-        }
-    };
-    for binding in list(storage, &format!("{PREFIX}clusterrolebindings/")).await? {
-        let subjects = binding.get("subjects").and_then(Value::as_array);
-        if !subjects.is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &groups, ""))) {
-            continue;
-        }
-        let role_ref = binding.get("roleRef").cloned().unwrap_or(json!({}));
-        if rules_of(storage, &role_ref, None).await?.iter().any(allows) {
-            return Ok(true);
-        }
-    }
-    if let RequestTarget::Resource(ResourceRequest {
-        namespace: Some(ns),
-        ..
-    }) = target
-    {
-        // As upstream, a request for the Namespace object `x` itself is in namespace `x`, so
-        // RoleBindings there may grant it.
-        {
-            for binding in list(storage, &format!("{PREFIX}rolebindings/{ns}/")).await? {
-                let subjects = binding.get("subjects").and_then(Value::as_array);
-                if !subjects
-                    .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &groups, ns)))
-                {
-                    continue;
-                }
-                let role_ref = binding.get("roleRef").cloned().unwrap_or(json!({}));
-                if rules_of(storage, &role_ref, Some(ns))
-                    .await?
-                    .iter()
-                    .any(allows)
-                {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
+    // As upstream, a request for the Namespace object `x` itself is in namespace `x`, so
+    // RoleBindings there may grant it.
+    Ok(policy(storage).await?.allows(user, target))
 }
 
 /// The Forbidden error for a denied request.
@@ -325,6 +213,8 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::ResourceRequest;
+    use policy::PolicyRule;
 
     fn req(
         verb: &'static str,
@@ -345,67 +235,38 @@ mod tests {
 
     #[test]
     fn rules_match_resources_subresources_and_names() {
-        let rule = json!({"apiGroups": [""], "resources": ["configmaps", "*/status"], "verbs": ["get"], "resourceNames": ["a"]});
-        assert!(resource_matches(
-            &rule,
-            &req("get", "configmaps", None, Some("a"))
-        ));
-        assert!(!resource_matches(
-            &rule,
-            &req("get", "configmaps", None, Some("b"))
-        ));
-        assert!(!resource_matches(
-            &rule,
-            &req("list", "configmaps", None, None)
-        ));
-        assert!(resource_matches(
-            &rule,
-            &req("get", "namespaces", Some("status"), Some("a"))
-        ));
-        assert!(!resource_matches(
-            &rule,
-            &req("get", "secrets", None, Some("a"))
-        ));
-        assert!(verb_matches(&rule, "get") && !verb_matches(&rule, "list"));
-        assert!(non_resource_matches(
-            &json!({"nonResourceURLs": ["/metrics*"]}),
-            "/metrics/x"
-        ));
+        let rule = PolicyRule::from_value(
+            &json!({"apiGroups": [""], "resources": ["configmaps", "*/status"], "verbs": ["get"], "resourceNames": ["a"]}),
+        );
+        assert!(rule.allows_resource(&req("get", "configmaps", None, Some("a"))));
+        assert!(!rule.allows_resource(&req("get", "configmaps", None, Some("b"))));
+        assert!(!rule.allows_resource(&req("list", "configmaps", None, None)));
+        assert!(rule.allows_resource(&req("get", "namespaces", Some("status"), Some("a"))));
+        assert!(!rule.allows_resource(&req("get", "secrets", None, Some("a"))));
+        let sub = PolicyRule::from_value(
+            &json!({"apiGroups": [""], "resources": ["namespaces/status"], "verbs": ["get"]}),
+        );
+        assert!(sub.allows_resource(&req("get", "namespaces", Some("status"), Some("x"))));
+        assert!(!sub.allows_resource(&req("get", "namespaces", None, Some("x"))));
+        let url =
+            PolicyRule::from_value(&json!({"nonResourceURLs": ["/metrics*"], "verbs": ["get"]}));
+        assert!(url.allows_path("get", "/metrics/x") && !url.allows_path("post", "/metrics"));
     }
 
     #[test]
-    fn subjects_match_users_groups_and_service_accounts() {
-        let user = UserInfo::new("system:serviceaccount:x:robot", &["dev"]);
-        let groups = user.all_groups();
-        assert!(subject_matches(
-            &json!({"kind": "ServiceAccount", "name": "robot"}),
-            &user,
-            &groups,
-            "x"
-        ));
-        assert!(!subject_matches(
-            &json!({"kind": "ServiceAccount", "name": "robot"}),
-            &user,
-            &groups,
-            "y"
-        ));
-        assert!(subject_matches(
-            &json!({"kind": "Group", "name": "dev"}),
-            &user,
-            &groups,
-            "x"
-        ));
-        assert!(subject_matches(
-            &json!({"kind": "Group", "name": "system:authenticated"}),
-            &user,
-            &groups,
-            "x"
-        ));
-        assert!(!subject_matches(
-            &json!({"kind": "User", "name": "robot"}),
-            &user,
-            &groups,
-            "x"
-        ));
+    fn implicit_rules_follow_authentication() {
+        let anonymous = UserInfo::anonymous();
+        let alice = UserInfo::new("alice", &[]);
+        let get = |path: &str| {
+            vec![PolicyRule::from_value(
+                &json!({"nonResourceURLs": [path], "verbs": ["get"]}),
+            )]
+        };
+        let anon_rules = implicit_rules(&anonymous);
+        let alice_rules = implicit_rules(&alice);
+        assert!(policy::uncovered(anon_rules.iter(), &get("/healthz/ping")).is_empty());
+        assert!(!policy::uncovered(anon_rules.iter(), &get("/apis")).is_empty());
+        assert!(policy::uncovered(alice_rules.iter(), &get("/apis/apps/v1")).is_empty());
+        assert!(!policy::uncovered(alice_rules.iter(), &get("/metrics")).is_empty());
     }
 }

@@ -484,9 +484,11 @@ async fn create_and_answer(
     dry_run: bool,
     validation: FieldValidation,
     user: &UserInfo,
+    escalation: &rbac::Escalation,
 ) -> Result<Response, ApiError> {
     let warnings = check_unknown_fields(def, &obj, validation)?;
     let obj = crate::certificates::on_create(def, obj, user)?;
+    escalation.check(None, &obj)?;
     let created = storage.create(def, namespace, obj, dry_run).await?;
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &created),
@@ -534,6 +536,8 @@ async fn resource(
         return Err(ApiError::method_not_allowed());
     }
     let admission = crate::certificates::admit(state, &def, &r, _user).await?;
+    let escalation =
+        rbac::Escalation::prepare(&state.storage, &def, _user, &r, namespace.as_deref()).await?;
     if def.review {
         if r.verb != "create" {
             return Err(ApiError::method_not_allowed());
@@ -650,7 +654,7 @@ async fn resource(
             let validation = field_validation(query)?;
             let (_, body) = read_body(req).await?;
             let obj = parse_json(&body)?;
-            create_and_answer(storage, &def, ns, obj, dry, validation, _user).await
+            create_and_answer(storage, &def, ns, obj, dry, validation, _user, &escalation).await
         }
         "update" => {
             let dry = dry_run(query)?;
@@ -661,6 +665,7 @@ async fn resource(
             let updated = storage
                 .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
                     admission.check(current, &obj)?;
+                    escalation.check(Some(current), &obj)?;
                     Ok(obj.clone())
                 })
                 .await?;
@@ -686,6 +691,7 @@ async fn resource(
                         crate::storage::meta_mut(&mut patched).remove("resourceVersion");
                     }
                     admission.check(current, &patched)?;
+                    escalation.check(Some(current), &patched)?;
                     warnings = check_unknown_fields(&def, &patched, validation)?;
                     Ok(patched)
                 })
@@ -699,7 +705,8 @@ async fn resource(
                 Err(e) if e.code == 404 && kind == PatchType::Apply && r.subresource.is_none() => {
                     let mut obj = parse_json(&body)?;
                     crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
-                    create_and_answer(storage, &def, ns, obj, dry, validation, _user).await
+                    create_and_answer(storage, &def, ns, obj, dry, validation, _user, &escalation)
+                        .await
                 }
                 Err(e) => Err(e),
             }

@@ -10,7 +10,8 @@ use atoll_apiserver::pki::Pki;
 use atoll_store::memory::MemoryStore;
 use common::TestHub;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn token_client(hub: &TestHub, token: &str) -> anyhow::Result<kube::Client> {
@@ -290,5 +291,259 @@ async fn kubectl_auth_can_i_whoami_and_impersonation() -> anyhow::Result<()> {
         status.message,
         r#"users "bob" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#
     );
+    Ok(())
+}
+
+fn role(name: &str, rules: serde_json::Value) -> anyhow::Result<Role> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": rules,
+    }))?)
+}
+
+fn binding(name: &str, kind: &str, role: &str, user: &str) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    })
+}
+
+fn not_held(resource: &str, name: &str, missing: &[&str]) -> String {
+    format!(
+        "{resource}.rbac.authorization.k8s.io {name:?} is forbidden: user \"dev\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{}",
+        missing.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn rbac_writes_cannot_grant_what_the_writer_does_not_hold() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "dev-token,dev,1\n")?;
+    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let admin = hub.client().await?;
+    // dev administers namespace x (the bootstrap `admin` role: explicit verbs on configmaps,
+    // secrets and the like, and writes to Roles and RoleBindings), and may only write
+    // RoleBindings in y.
+    apply(
+        &admin,
+        &[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-admin", "namespace": "x"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "binding-writer", "namespace": "y"},
+                "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create", "update"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-binding-writer", "namespace": "y"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "binding-writer"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+        ],
+    )
+    .await?;
+    let dev = token_client(&hub, "dev-token").await?;
+    let dev_roles_x: Api<Role> = Api::namespaced(dev.clone(), "x");
+    let dev_bindings_x: Api<RoleBinding> = Api::namespaced(dev.clone(), "x");
+    let dev_bindings_y: Api<RoleBinding> = Api::namespaced(dev.clone(), "y");
+    let secrets_star = json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}]);
+
+    // A Role granting more than dev holds, even as a dry run, is refused and not stored.
+    let broad = role("broad", secrets_star.clone())?;
+    for params in [
+        PostParams::default(),
+        PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+    ] {
+        let denied = status_of(dev_roles_x.create(&params, &broad).await)?;
+        assert_eq!((denied.code, denied.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            denied.message,
+            not_held(
+                "roles",
+                "broad",
+                &[r#"{APIGroups:[""], Resources:["secrets"], Verbs:["*"]}"#]
+            )
+        );
+    }
+    let admin_roles_x: Api<Role> = Api::namespaced(admin.clone(), "x");
+    assert!(admin_roles_x.get_opt("broad").await?.is_none());
+
+    // A RoleBinding to cluster-admin is refused: dev holds none of it.
+    let to_cluster_admin: RoleBinding = serde_json::from_value(binding(
+        "dev-cluster-admin",
+        "ClusterRole",
+        "cluster-admin",
+        "dev",
+    ))?;
+    let denied = status_of(
+        dev_bindings_x
+            .create(&PostParams::default(), &to_cluster_admin)
+            .await,
+    )?;
+    assert_eq!(
+        denied.message,
+        not_held(
+            "rolebindings",
+            "dev-cluster-admin",
+            &[
+                r#"{APIGroups:["*"], Resources:["*"], Verbs:["*"]}"#,
+                r#"{NonResourceURLs:["*"], Verbs:["*"]}"#
+            ]
+        )
+    );
+
+    // A Role within dev's rights is fine, and so is binding it.
+    let reader = role(
+        "reader",
+        json!([{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list"], "resourceNames": ["a"]}]),
+    )?;
+    dev_roles_x.create(&PostParams::default(), &reader).await?;
+    let to_reader: RoleBinding =
+        serde_json::from_value(binding("someone-reads", "Role", "reader", "someone"))?;
+    dev_bindings_x
+        .create(&PostParams::default(), &to_reader)
+        .await?;
+    // Widening it by update or patch is refused; relabelling it is not.
+    let mut widened = dev_roles_x.get("reader").await?;
+    widened.rules = serde_json::from_value(secrets_star.clone())?;
+    let denied = status_of(
+        dev_roles_x
+            .replace("reader", &PostParams::default(), &widened)
+            .await,
+    )?;
+    assert_eq!(
+        denied.message,
+        not_held(
+            "roles",
+            "reader",
+            &[r#"{APIGroups:[""], Resources:["secrets"], Verbs:["*"]}"#]
+        )
+    );
+    let denied = status_of(
+        dev_roles_x
+            .patch(
+                "reader",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}]})),
+            )
+            .await,
+    )?;
+    assert_eq!(
+        denied.message,
+        not_held(
+            "roles",
+            "reader",
+            &[r#"{APIGroups:["apps"], Resources:["deployments"], Verbs:["get"]}"#]
+        )
+    );
+    dev_roles_x
+        .patch(
+            "reader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "dev"}}})),
+        )
+        .await?;
+
+    // In y dev holds nothing but writes to RoleBindings: binding `view` needs `bind` on it.
+    let to_view: RoleBinding =
+        serde_json::from_value(binding("dev-view", "ClusterRole", "view", "dev"))?;
+    let denied = status_of(
+        dev_bindings_y
+            .create(&PostParams::default(), &to_view)
+            .await,
+    )?;
+    assert_eq!(denied.code, 403);
+    assert!(
+        denied
+            .message
+            .starts_with(r#"rolebindings.rbac.authorization.k8s.io "dev-view" is forbidden: user "dev" (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:"#),
+        "{}",
+        denied.message
+    );
+    apply(
+        &admin,
+        &[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "view-binder"},
+                "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"], "resourceNames": ["view"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-view-binder", "namespace": "y"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view-binder"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+        ],
+    )
+    .await?;
+    dev_bindings_y
+        .create(&PostParams::default(), &to_view)
+        .await?;
+    // The grant names `view` only.
+    let to_edit: RoleBinding =
+        serde_json::from_value(binding("dev-edit", "ClusterRole", "edit", "dev"))?;
+    assert_eq!(
+        status_of(
+            dev_bindings_y
+                .create(&PostParams::default(), &to_edit)
+                .await
+        )?
+        .code,
+        403
+    );
+    // A binding to a role that does not exist is refused as upstream words it.
+    let to_nothing: RoleBinding =
+        serde_json::from_value(binding("dev-nothing", "Role", "nothing", "dev"))?;
+    assert_eq!(
+        status_of(
+            dev_bindings_x
+                .create(&PostParams::default(), &to_nothing)
+                .await
+        )?
+        .message,
+        r#"rolebindings.rbac.authorization.k8s.io "dev-nothing" is forbidden: roles.rbac.authorization.k8s.io "nothing" not found"#
+    );
+
+    // `escalate` on roles in x lets dev write the broader Role.
+    apply(
+        &admin,
+        &[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "escalator", "namespace": "x"},
+                "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-escalator", "namespace": "x"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "escalator"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+        ],
+    )
+    .await?;
+    dev_roles_x.create(&PostParams::default(), &broad).await?;
+    // ... but not bind cluster-admin.
+    assert_eq!(
+        status_of(
+            dev_bindings_x
+                .create(&PostParams::default(), &to_cluster_admin)
+                .await
+        )?
+        .code,
+        403
+    );
+
+    // system:masters may grant anything.
+    let admin_bindings_x: Api<RoleBinding> = Api::namespaced(admin.clone(), "x");
+    admin_bindings_x
+        .create(&PostParams::default(), &to_cluster_admin)
+        .await?;
+    let admin_cluster_roles: Api<ClusterRole> = Api::all(admin.clone());
+    admin_cluster_roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "everything"}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}))?,
+        )
+        .await?;
     Ok(())
 }
