@@ -440,3 +440,92 @@ async fn kube_rs_sees_the_same_against_both_servers() -> anyhow::Result<()> {
     assert_eq!(expected, actual, "kube-apiserver (left) and atoll (right)");
     Ok(())
 }
+
+/// RBAC privilege-escalation prevention: a user who administers a namespace (the bootstrap
+/// `admin` role) cannot grant more than it holds there, by Role or by RoleBinding.
+#[rustfmt::skip]
+const ESCALATION_SCENARIO: &[(&str, &str)] = &[
+    ("namespace", "create namespace escalation"),
+    ("grant admin", "create rolebinding dev-admin -n escalation --clusterrole=admin --user=dev"),
+    ("role beyond the writer's rights", "create role broad -n escalation --verb=* --resource=secrets --as=dev"),
+    ("binding to cluster-admin", "create rolebinding dev-cluster-admin -n escalation --clusterrole=cluster-admin --user=dev --as=dev"),
+    ("binding to a missing role", "create rolebinding dev-nothing -n escalation --role=nothing --user=dev --as=dev"),
+    ("role within the writer's rights", "create role reader -n escalation --verb=get,list --resource=configmaps --as=dev"),
+    ("binding within the writer's rights", "create rolebinding someone-reads -n escalation --role=reader --user=someone --as=dev"),
+];
+
+fn run_escalation_scenario(kubeconfig: &Path) -> anyhow::Result<Vec<(&'static str, Printed)>> {
+    let mut results = Vec::new();
+    for &(name, args) in ESCALATION_SCENARIO {
+        let args: Vec<&str> = args.split(' ').collect();
+        results.push((name, printed(&kubectl(kubeconfig, &args, None)?, None)));
+        if name == "grant admin" {
+            // kube-apiserver's authorizer reads RBAC from an informer: wait until it sees the
+            // grant.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let can_i = [
+                "auth",
+                "can-i",
+                "create",
+                "roles",
+                "-n",
+                "escalation",
+                "--as=dev",
+            ];
+            while !kubectl(kubeconfig, &can_i, None)?.status.success() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "dev never got the admin role"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(results)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_refusals_match_kube_apiserver() -> anyhow::Result<()> {
+    // The controller manager fills in the aggregated `admin` ClusterRole.
+    let testbed = Testbed::start(TestbedConfig::default()).await?;
+    let kube_kubeconfig = testbed.clusters()[0].kubeconfig_path().to_path_buf();
+    let hub = TestHub::start().await?;
+    let atoll_kubeconfig = hub.kubeconfig().to_path_buf();
+    let (expected, actual) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            run_escalation_scenario(&kube_kubeconfig)?,
+            run_escalation_scenario(&atoll_kubeconfig)?,
+        ))
+    })
+    .await??;
+    let refused: Vec<&str> = expected
+        .iter()
+        .filter(|(_, p)| !p.success)
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "role beyond the writer's rights",
+            "binding to cluster-admin",
+            "binding to a missing role"
+        ],
+        "kube-apiserver: {expected:#?}"
+    );
+    let mismatches: Vec<String> = expected
+        .iter()
+        .zip(&actual)
+        .filter(|((_, k), (_, a))| k != a)
+        .map(|((name, k), (_, a))| {
+            format!("{name}:\n  kube-apiserver: {k:?}\n  atoll:          {a:?}")
+        })
+        .collect();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} kubectl steps differ:\n{}",
+        mismatches.len(),
+        expected.len(),
+        mismatches.join("\n")
+    );
+    Ok(())
+}

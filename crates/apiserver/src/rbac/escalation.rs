@@ -162,11 +162,10 @@ impl Escalation {
                     (_, None) => None,
                 };
                 let Some(rules) = rules else {
-                    let role_gr = GroupResource::new(GROUP, role_resource);
-                    return Err(ApiError::forbidden(
-                        &check.gr,
-                        name,
-                        format!("{role_gr} {role_name:?} not found"),
+                    // Upstream answers with the lookup's own error.
+                    return Err(ApiError::not_found(
+                        &GroupResource::new(GROUP, role_resource),
+                        role_name,
                     ));
                 };
                 check.confirm_held(name, rules)
