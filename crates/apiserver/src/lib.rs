@@ -152,6 +152,11 @@ impl ApiServer {
                 shutdown.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(rbac::follow_changes(
+            storage.store().clone(),
+            storage.rbac_policy_cache().clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(token_secrets::run(
             storage.clone(),
             registry.clone(),

@@ -3,14 +3,15 @@
 //! users, groups and service accounts. `system:masters` may do everything, as upstream; health,
 //! version and discovery paths are open as upstream's bootstrap policy opens them.
 
+mod cache;
 mod escalation;
 pub mod policy;
 
-use atoll_store::{RangeRequest, prefix_end};
 use serde_json::{Value, json};
 
+pub use cache::{PolicyCache, TrackedStore, follow_changes};
 pub use escalation::Escalation;
-use policy::{PREFIX, Policy};
+use policy::Policy;
 
 use crate::auth::{SYSTEM_AUTHENTICATED, SYSTEM_MASTERS, UserInfo};
 use crate::error::ApiError;
@@ -31,22 +32,13 @@ fn path_under(path: &str, roots: &[&str]) -> bool {
     })
 }
 
-/// Every RBAC object as of now.
+/// Every RBAC object, current as of every RBAC write acknowledged so far (parsed once per
+/// change, not per request).
 pub async fn policy(storage: &Storage) -> Result<std::sync::Arc<Policy>, ApiError> {
-    let resp = storage
-        .store()
-        .range(RangeRequest {
-            start: PREFIX.to_string(),
-            end: prefix_end(PREFIX),
-            ..Default::default()
-        })
-        .await?;
-    Ok(std::sync::Arc::new(Policy::from_objects(
-        resp.revision,
-        resp.kvs
-            .iter()
-            .map(|kv| (kv.key.as_str(), kv.value.as_ref())),
-    )))
+    storage
+        .rbac_policy_cache()
+        .get(storage.store().as_ref())
+        .await
 }
 
 /// The rules every user holds without a binding: upstream's bootstrap policy binds

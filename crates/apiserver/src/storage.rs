@@ -156,6 +156,7 @@ impl Event {
 pub struct Storage {
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
+    rbac: Arc<crate::rbac::PolicyCache>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -276,13 +277,26 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
 
 impl Storage {
     /// The layer over a store; watches end when `shutdown` is cancelled.
+    /// Every write goes through a store that tells the RBAC policy cache of RBAC writes
+    /// before it acknowledges them.
     pub fn new(store: Arc<dyn Store>, shutdown: CancellationToken) -> Storage {
-        Storage { store, shutdown }
+        let rbac = Arc::new(crate::rbac::PolicyCache::default());
+        let store: Arc<dyn Store> = Arc::new(crate::rbac::TrackedStore::new(store, rbac.clone()));
+        Storage {
+            store,
+            shutdown,
+            rbac,
+        }
     }
 
-    /// The store underneath.
+    /// The store underneath (writes through it keep the RBAC policy cache current).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The parsed RBAC policy, kept between requests.
+    pub fn rbac_policy_cache(&self) -> &Arc<crate::rbac::PolicyCache> {
+        &self.rbac
     }
 
     fn decode(&self, def: &ResourceDef, kv: &KeyValue) -> Result<Value, ApiError> {

@@ -10,8 +10,8 @@ use atoll_apiserver::pki::Pki;
 use atoll_store::memory::MemoryStore;
 use common::TestHub;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn token_client(hub: &TestHub, token: &str) -> anyhow::Result<kube::Client> {
@@ -549,5 +549,74 @@ async fn rbac_writes_cannot_grant_what_the_writer_does_not_hold() -> anyhow::Res
             &serde_json::from_value(json!({"metadata": {"name": "everything"}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}))?,
         )
         .await?;
+    Ok(())
+}
+
+/// The authorizer keeps the parsed policy between requests; an acknowledged RBAC write is
+/// never followed by a decision on the policy before it.
+#[tokio::test]
+async fn the_next_request_after_an_rbac_write_sees_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "dev-token,dev,1\n")?;
+    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let admin = hub.client().await?;
+    apply(
+        &admin,
+        &[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "x"}}),
+        ],
+    )
+    .await?;
+    let dev_configmaps: Api<ConfigMap> =
+        Api::namespaced(token_client(&hub, "dev-token").await?, "x");
+    let admin_bindings: Api<RoleBinding> = Api::namespaced(admin.clone(), "x");
+    let admin_cluster_bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    let view: RoleBinding =
+        serde_json::from_value(binding("dev-view", "ClusterRole", "view", "dev"))?;
+    let cluster_view: ClusterRoleBinding =
+        serde_json::from_value(binding("dev-view", "ClusterRole", "view", "dev"))?;
+    assert_eq!(status_of(dev_configmaps.get("c").await)?.code, 403);
+    for _ in 0..20 {
+        admin_bindings.create(&PostParams::default(), &view).await?;
+        dev_configmaps.get("c").await?;
+        admin_bindings
+            .delete("dev-view", &DeleteParams::default())
+            .await?;
+        assert_eq!(status_of(dev_configmaps.get("c").await)?.code, 403);
+        admin_cluster_bindings
+            .create(&PostParams::default(), &cluster_view)
+            .await?;
+        dev_configmaps.get("c").await?;
+        admin_cluster_bindings
+            .delete("dev-view", &DeleteParams::default())
+            .await?;
+        assert_eq!(status_of(dev_configmaps.get("c").await)?.code, 403);
+    }
+
+    // A write that bypasses this server (another server sharing the store) is seen too, once
+    // the watch delivers it.
+    let key = "/registry/rbac.authorization.k8s.io/rolebindings/x/dev-view-elsewhere";
+    let value = serde_json::to_vec(&json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "dev-view-elsewhere", "namespace": "x", "uid": "u"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}],
+    }))?;
+    hub.store
+        .txn(atoll_store::Txn {
+            compares: vec![],
+            success: vec![atoll_store::Op::Put {
+                key: key.into(),
+                value: value.into(),
+            }],
+            failure: vec![],
+        })
+        .await?;
+    common::eventually(std::time::Duration::from_secs(30), || async {
+        Ok(dev_configmaps.get("c").await.ok())
+    })
+    .await?;
     Ok(())
 }
