@@ -41,7 +41,7 @@ fn configmap(name: &str) -> anyhow::Result<ConfigMap> {
     }))?)
 }
 
-async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
     match api.create(&PostParams::default(), &ns).await {
@@ -199,7 +199,16 @@ fn rss_mib(pids: &[u32]) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
+pub(crate) fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
+    start_hub_with(atoll, data_dir, &[])
+}
+
+/// [`start_hub`] with more `atoll hub` arguments.
+pub(crate) fn start_hub_with(
+    atoll: &Path,
+    data_dir: &Path,
+    extra_args: &[&std::ffi::OsStr],
+) -> anyhow::Result<Child> {
     // The API server alone, as kube-apiserver is measured alone: builds that run Atoll's
     // controllers inside the hub are told not to (earlier baseline builds have no such flag
     // and no such controllers).
@@ -211,6 +220,7 @@ fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
         .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(api_only.then_some("--api-only"))
+        .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -227,7 +237,7 @@ fn start_hub(atoll: &Path, data_dir: &Path) -> anyhow::Result<Child> {
     Ok(child)
 }
 
-async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

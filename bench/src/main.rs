@@ -12,6 +12,7 @@
 //! `store`: the hub's storage layer (`atoll-store`) on its own; see `store.rs`.
 
 mod hub_api;
+mod hub_rbac;
 mod mcs;
 mod store;
 mod stub;
@@ -138,6 +139,22 @@ enum Bench {
         #[arg(long)]
         baseline: Option<PathBuf>,
     },
+    /// RBAC authorization cost on `atoll hub`: latency of a non-admin GET with N pull-mode
+    /// agents' ClusterRoles and ClusterRoleBindings stored, steady and right after RBAC writes.
+    HubRbac {
+        /// Agents (one ClusterRole and one ClusterRoleBinding each).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// GETs timed (one client, one after the other).
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// The atoll binary to measure (build it with `cargo build --release -p atoll`).
+        #[arg(long, default_value = "target/release/atoll")]
+        atoll: PathBuf,
+        /// An earlier atoll binary measured in the same run (before/after comparisons).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+    },
     /// Txn throughput, range latency and watch fan-out of the storage backends.
     Store {
         /// Backends, measured one after the other in this run.
@@ -232,6 +249,20 @@ async fn main() -> anyhow::Result<()> {
                 creates,
                 objects,
                 watchers,
+                atoll,
+                baseline,
+            })
+            .await
+        }
+        Bench::HubRbac {
+            agents,
+            requests,
+            atoll,
+            baseline,
+        } => {
+            hub_rbac::run(hub_rbac::Options {
+                agents,
+                requests,
                 atoll,
                 baseline,
             })
