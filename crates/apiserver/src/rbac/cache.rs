@@ -72,11 +72,13 @@ impl PolicyCache {
                 ..Default::default()
             })
             .await?;
+        let previous = self.cached();
         let policy = Arc::new(Policy::from_objects(
             resp.revision,
             resp.kvs
                 .iter()
-                .map(|kv| (kv.key.as_str(), kv.value.as_ref())),
+                .map(|kv| (kv.key.as_str(), kv.mod_revision, kv.value.as_ref())),
+            previous.as_deref(),
         ));
         if let Ok(mut current) = self.current.write() {
             *current = Some(policy.clone());

@@ -292,6 +292,36 @@ fn subject_keys(binding: &Value, binding_ns: &str) -> Vec<SubjectKey> {
         .collect()
 }
 
+/// One stored RBAC object, parsed.
+#[derive(Debug)]
+enum Parsed {
+    /// A Role's or ClusterRole's rules.
+    Rules(Arc<[PolicyRule]>),
+    /// A binding: the role it grants, to whom.
+    Binding {
+        role: RoleKey,
+        subjects: Vec<SubjectKey>,
+    },
+    /// Anything else (a binding without a usable roleRef, an object that does not parse).
+    Nothing,
+}
+
+fn parse(kind: &str, binding_ns: &str, value: &[u8]) -> Parsed {
+    let Ok(obj) = serde_json::from_slice::<Value>(value) else {
+        return Parsed::Nothing;
+    };
+    match kind {
+        "clusterroles" | "roles" => Parsed::Rules(PolicyRule::list_from(&obj).into()),
+        _ => match role_key(obj.get("roleRef")) {
+            Some(role) => Parsed::Binding {
+                role,
+                subjects: subject_keys(&obj, binding_ns),
+            },
+            None => Parsed::Nothing,
+        },
+    }
+}
+
 /// The bindings of one scope (cluster-wide, or one namespace), by subject.
 #[derive(Debug, Default)]
 struct Grants {
@@ -299,13 +329,13 @@ struct Grants {
 }
 
 impl Grants {
-    fn add(&mut self, binding: &Value, binding_ns: &str) {
-        let Some(role) = role_key(binding.get("roleRef")) else {
+    fn add(&mut self, binding: &Parsed) {
+        let Parsed::Binding { role, subjects } = binding else {
             return;
         };
-        for subject in subject_keys(binding, binding_ns) {
+        for subject in subjects {
             self.by_subject
-                .entry(subject)
+                .entry(subject.clone())
                 .or_default()
                 .push(role.clone());
         }
@@ -330,6 +360,8 @@ impl Grants {
 pub struct Policy {
     /// The store revision the objects were read at.
     pub revision: i64,
+    /// Every object by key, with its mod_revision: the next build parses only what changed.
+    parsed: HashMap<String, (i64, Arc<Parsed>)>,
     cluster_roles: HashMap<String, Arc<[PolicyRule]>>,
     /// Roles by (namespace, name).
     roles: HashMap<(String, String), Arc<[PolicyRule]>>,
@@ -341,44 +373,52 @@ pub struct Policy {
 const EMPTY: &[PolicyRule] = &[];
 
 impl Policy {
-    /// Builds the policy from the stored objects under [`PREFIX`] (key, JSON value); what does
-    /// not parse is left out, as the authorizer ignores it.
+    /// Builds the policy from the stored objects under [`PREFIX`] (key, mod_revision, JSON
+    /// value), reusing `previous`'s parse of every object whose mod_revision is unchanged;
+    /// what does not parse is left out, as the authorizer ignores it.
     pub fn from_objects<'a>(
         revision: i64,
-        objects: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        objects: impl IntoIterator<Item = (&'a str, i64, &'a [u8])>,
+        previous: Option<&Policy>,
     ) -> Policy {
         let mut policy = Policy {
             revision,
             ..Policy::default()
         };
-        for (key, value) in objects {
+        for (key, mod_revision, value) in objects {
             let Some(rest) = key.strip_prefix(PREFIX) else {
                 continue;
             };
-            let Ok(obj) = serde_json::from_slice::<Value>(value) else {
-                continue;
-            };
             let parts: Vec<&str> = rest.split('/').collect();
-            match parts.as_slice() {
-                ["clusterroles", name] => {
+            let (kind, ns) = match parts.as_slice() {
+                [kind, _] => (*kind, ""),
+                [kind, ns, _] => (*kind, *ns),
+                _ => continue,
+            };
+            let parsed = match previous.and_then(|p| p.parsed.get(key)) {
+                Some((at, parsed)) if *at == mod_revision => parsed.clone(),
+                _ => Arc::new(parse(kind, ns, value)),
+            };
+            match (parts.as_slice(), &*parsed) {
+                (["clusterroles", name], Parsed::Rules(rules)) => {
+                    policy.cluster_roles.insert(name.to_string(), rules.clone());
+                }
+                (["roles", ns, name], Parsed::Rules(rules)) => {
                     policy
-                        .cluster_roles
-                        .insert(name.to_string(), PolicyRule::list_from(&obj).into());
+                        .roles
+                        .insert((ns.to_string(), name.to_string()), rules.clone());
                 }
-                ["roles", ns, name] => {
-                    policy.roles.insert(
-                        (ns.to_string(), name.to_string()),
-                        PolicyRule::list_from(&obj).into(),
-                    );
-                }
-                ["clusterrolebindings", _] => policy.cluster_grants.add(&obj, ""),
-                ["rolebindings", ns, _] => policy
+                (["clusterrolebindings", _], binding) => policy.cluster_grants.add(binding),
+                (["rolebindings", ns, _], binding) => policy
                     .namespace_grants
                     .entry(ns.to_string())
                     .or_default()
-                    .add(&obj, ns),
+                    .add(binding),
                 _ => {}
             }
+            policy
+                .parsed
+                .insert(key.to_string(), (mod_revision, parsed));
         }
         policy
     }
@@ -673,13 +713,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string().into_bytes()))
             .collect();
-        let policy =
-            Policy::from_objects(7, encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let policy = Policy::from_objects(
+            7,
+            encoded.iter().map(|(k, v)| (k.as_str(), 1, v.as_slice())),
+            None,
+        );
         let robot = UserInfo::new("system:serviceaccount:x:robot", &["dev"]);
         assert_eq!(policy.rules_for(&robot, None).count(), 1);
         assert_eq!(policy.rules_for(&robot, Some("x")).count(), 2);
         assert_eq!(policy.rules_for(&robot, Some("y")).count(), 1);
         let stranger = UserInfo::new("stranger", &[]);
         assert_eq!(policy.rules_for(&stranger, Some("x")).count(), 0);
+    }
+
+    #[test]
+    fn a_rebuild_parses_only_what_changed() {
+        let key = "/registry/rbac.authorization.k8s.io/clusterroles/r";
+        let one = json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+            .to_string();
+        let two = json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]})
+            .to_string();
+        let first = Policy::from_objects(3, [(key, 3, one.as_bytes())], None);
+        // Same mod_revision: the earlier parse stands (the bytes are not read again).
+        let same = Policy::from_objects(4, [(key, 3, two.as_bytes())], Some(&first));
+        assert_eq!(same.cluster_role("r").map(<[_]>::len), Some(1));
+        // A new mod_revision is parsed.
+        let changed = Policy::from_objects(5, [(key, 5, two.as_bytes())], Some(&first));
+        assert_eq!(changed.cluster_role("r").map(<[_]>::len), Some(2));
+        // A key gone is gone.
+        let gone = Policy::from_objects(6, [], Some(&changed));
+        assert!(gone.cluster_role("r").is_none());
     }
 }
