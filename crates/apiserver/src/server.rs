@@ -473,9 +473,16 @@ fn patch_sets_resource_version(kind: PatchType, body: &[u8]) -> bool {
     }
 }
 
+/// What a create must pass besides validation: the requester's identity (for CSRs) and the
+/// RBAC escalation check (for roles and bindings).
+struct CreateAdmission<'a> {
+    user: &'a UserInfo,
+    escalation: &'a rbac::Escalation,
+}
+
 /// Creates an object and answers 201 with the field warnings: a POST, and a server-side apply
 /// to an object that does not exist yet, go the same way (unknown fields checked, then
-/// certificate requests prepared for the requester).
+/// certificate requests prepared for the requester, then RBAC escalation checked).
 async fn create_and_answer(
     storage: &Storage,
     def: &ResourceDef,
@@ -483,12 +490,11 @@ async fn create_and_answer(
     obj: Value,
     dry_run: bool,
     validation: FieldValidation,
-    user: &UserInfo,
-    escalation: &rbac::Escalation,
+    admission: CreateAdmission<'_>,
 ) -> Result<Response, ApiError> {
     let warnings = check_unknown_fields(def, &obj, validation)?;
-    let obj = crate::certificates::on_create(def, obj, user)?;
-    escalation.check(None, &obj)?;
+    let obj = crate::certificates::on_create(def, obj, admission.user)?;
+    admission.escalation.check(None, &obj)?;
     let created = storage.create(def, namespace, obj, dry_run).await?;
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &created),
@@ -654,7 +660,19 @@ async fn resource(
             let validation = field_validation(query)?;
             let (_, body) = read_body(req).await?;
             let obj = parse_json(&body)?;
-            create_and_answer(storage, &def, ns, obj, dry, validation, _user, &escalation).await
+            create_and_answer(
+                storage,
+                &def,
+                ns,
+                obj,
+                dry,
+                validation,
+                CreateAdmission {
+                    user: _user,
+                    escalation: &escalation,
+                },
+            )
+            .await
         }
         "update" => {
             let dry = dry_run(query)?;
@@ -705,8 +723,19 @@ async fn resource(
                 Err(e) if e.code == 404 && kind == PatchType::Apply && r.subresource.is_none() => {
                     let mut obj = parse_json(&body)?;
                     crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
-                    create_and_answer(storage, &def, ns, obj, dry, validation, _user, &escalation)
-                        .await
+                    create_and_answer(
+                        storage,
+                        &def,
+                        ns,
+                        obj,
+                        dry,
+                        validation,
+                        CreateAdmission {
+                            user: _user,
+                            escalation: &escalation,
+                        },
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             }
