@@ -18,8 +18,8 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -45,8 +45,18 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-/// The HTTP/1.1 client for members that do not speak HTTP/2.
-pub type Http1Client = hyper_util::client::legacy::Client<super::Connector, kube::client::Body>;
+/// The kubeconfig's timeouts: `connect` bounds TCP, TLS and the HTTP/2 handshake; `read` and
+/// `write` apply to the HTTP/1.1 fallback's connections (an HTTP/2 connection carries
+/// long-lived watches, so its liveness is checked with PINGs instead).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting.
+    pub connect: Option<Duration>,
+    /// Between reads (HTTP/1.1 only).
+    pub read: Option<Duration>,
+    /// Between writes (HTTP/1.1 only).
+    pub write: Option<Duration>,
+}
 
 /// A response body from either protocol.
 pub enum ResponseBody {
@@ -119,12 +129,13 @@ enum State {
 
 /// One member's connection, shared by every client built for it.
 pub struct MemberConnection {
-    tls: TlsConnector,
+    tls: Arc<rustls::ClientConfig>,
     /// The name to verify the server's certificate against, where the kubeconfig names one
     /// (`tls-server-name`); otherwise the URL's host.
     tls_server_name: Option<ServerName<'static>>,
-    connect_timeout: Option<Duration>,
-    http1: Http1Client,
+    timeouts: Timeouts,
+    /// Made on first use: an HTTP/2 member never needs it.
+    http1: OnceLock<super::Http1Client>,
     /// Held while connecting, so that concurrent first requests make one connection.
     state: tokio::sync::Mutex<State>,
 }
@@ -134,18 +145,17 @@ impl MemberConnection {
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
         tls_server_name: Option<&str>,
-        connect_timeout: Option<Duration>,
-        http1: Http1Client,
+        timeouts: Timeouts,
     ) -> Result<MemberConnection, BoxError> {
         let tls_server_name = tls_server_name
             .map(|name| ServerName::try_from(name.to_owned()))
             .transpose()
             .map_err(|e| format!("tls-server-name: {e}"))?;
         Ok(MemberConnection {
-            tls: TlsConnector::from(tls),
+            tls,
             tls_server_name,
-            connect_timeout,
-            http1,
+            timeouts,
+            http1: OnceLock::new(),
             state: tokio::sync::Mutex::new(State::Unconnected),
         })
     }
@@ -182,7 +192,10 @@ impl MemberConnection {
         &self,
         request: Request<kube::client::Body>,
     ) -> Result<Response<ResponseBody>, BoxError> {
-        let response = self.http1.request(request).await?;
+        let http1 = self
+            .http1
+            .get_or_init(|| super::http1_client(&self.tls, self.timeouts));
+        let response = http1.request(request).await?;
         Ok(response.map(ResponseBody::Http1))
     }
 
@@ -205,7 +218,7 @@ impl MemberConnection {
             _ => {}
         }
         let connecting = self.connect(authority);
-        let connected = match self.connect_timeout {
+        let connected = match self.timeouts.connect {
             Some(limit) => tokio::time::timeout(limit, connecting)
                 .await
                 .map_err(|_| format!("connecting to {authority}: no answer within {limit:?}"))?,
@@ -258,7 +271,9 @@ impl MemberConnection {
         // HTTP/2 writes a request as separate HEADERS and DATA frames: without TCP_NODELAY,
         // Nagle holds the second until the first is acknowledged (a delayed ACK, ~40 ms).
         tcp.set_nodelay(true)?;
-        let tls = self.tls.connect(server_name, tcp).await?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(server_name, tcp)
+            .await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2".as_slice()) {
             // The one handshake is wasted; hyper's client connects again, once, and keeps it.
             return Ok(None);

@@ -41,6 +41,8 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use http2::{MemberConnection, ResponseBody};
 
 type Connector = hyper_timeout::TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+/// The HTTP/1.1 client for members that do not speak HTTP/2.
+type Http1Client = hyper_util::client::legacy::Client<Connector, kube::client::Body>;
 
 /// One member's connection, shared by every client built for it with the same key.
 #[derive(Clone)]
@@ -104,29 +106,38 @@ fn transport(config: &kube::Config) -> Result<MemberConnection, kube::Error> {
     // which a member's one long-lived connection seldom is, while rustls's default session
     // cache costs about 14 KiB per TLS configuration, and there is one per member.
     tls.resumption = rustls::client::Resumption::disabled();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    // HTTP/1.1 only: this client serves members that did not choose HTTP/2 (and plain
-    // `http://` URLs, which only tests use).
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.clone())
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let mut connector = hyper_timeout::TimeoutConnector::new(https);
-    connector.set_connect_timeout(config.connect_timeout);
-    connector.set_read_timeout(config.read_timeout);
-    connector.set_write_timeout(config.write_timeout);
-    let http1 = hyper_util::client::legacy::Builder::new(TokioExecutor::new()).build(connector);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     MemberConnection::new(
         Arc::new(tls),
         config.tls_server_name.as_deref(),
-        config.connect_timeout,
-        http1,
+        http2::Timeouts {
+            connect: config.connect_timeout,
+            read: config.read_timeout,
+            write: config.write_timeout,
+        },
     )
     .map_err(kube::Error::Service)
+}
+
+/// hyper's HTTP/1.1 client, for members that did not choose HTTP/2 (and plain `http://` URLs,
+/// which only tests use), with `tls` but offering only `http/1.1`.
+fn http1_client(tls: &rustls::ClientConfig, timeouts: http2::Timeouts) -> Http1Client {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let mut tls = tls.clone();
+    // hyper-rustls sets ALPN itself (to `http/1.1` alone here) and refuses a preset one.
+    tls.alpn_protocols.clear();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(timeouts.connect);
+    connector.set_read_timeout(timeouts.read);
+    connector.set_write_timeout(timeouts.write);
+    hyper_util::client::legacy::Builder::new(TokioExecutor::new()).build(connector)
 }
 
 /// The service every member client is: base URI, authentication and extra headers in front
