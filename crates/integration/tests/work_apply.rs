@@ -192,7 +192,7 @@ async fn removing_a_manifest_or_the_work_deletes_exactly_the_applied_uids() -> R
         spec.workload.manifests.remove(1);
     })
     .await?;
-    eventually("drop deleted", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "drop deleted", || async {
         Ok(member_configmap(&fleet.member, "default", "drop")
             .await?
             .is_none()
@@ -214,7 +214,7 @@ async fn removing_a_manifest_or_the_work_deletes_exactly_the_applied_uids() -> R
     let mut unrelated = ConfigMap::default();
     unrelated.metadata.name = Some("replaced".into());
     unrelated.data = Some([("owner".to_owned(), "someone-else".to_owned())].into());
-    let unrelated = eventually("recreate", Duration::from_secs(30), || {
+    let unrelated = eventually(Duration::from_secs(30), "recreate", || {
         let api = member_cms.clone();
         let cm = unrelated.clone();
         async move { Ok(Some(api.create(&PostParams::default(), &cm).await?)) }
@@ -233,8 +233,8 @@ async fn removing_a_manifest_or_the_work_deletes_exactly_the_applied_uids() -> R
     })
     .await?;
     eventually(
-        "record holds only keep",
         Duration::from_secs(30),
+        "record holds only keep",
         || async {
             let record = Api::<AppliedWork>::all(fleet.member.clone())
                 .get("gc")
@@ -259,7 +259,7 @@ async fn removing_a_manifest_or_the_work_deletes_exactly_the_applied_uids() -> R
 
     // Deleting the Work deletes what it applied, then the record, then releases the Work.
     fleet.works.delete("gc", &DeleteParams::default()).await?;
-    eventually("Work gone", Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(60), "Work gone", || async {
         Ok(fleet.works.get_opt("gc").await?.is_none().then_some(()))
     })
     .await?;
@@ -323,7 +323,7 @@ async fn delete_options_orphan_all_or_the_listed_resources() -> Result<()> {
     for name in ["orphan", "selective"] {
         fleet.works.delete(name, &DeleteParams::default()).await?;
     }
-    eventually("both Works gone", Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(60), "both Works gone", || async {
         Ok((fleet
             .works
             .list(&Default::default())
@@ -388,8 +388,8 @@ async fn a_work_deleted_without_its_finalizer_is_still_collected() -> Result<()>
         .await?;
     let _applier = Applier::start(fleet.works.clone(), fleet.member.clone());
     eventually(
-        "the vanished Work's objects collected",
         Duration::from_secs(60),
+        "the vanished Work's objects collected",
         || async {
             let gone = member_configmap(&fleet.member, "default", "v1")
                 .await?

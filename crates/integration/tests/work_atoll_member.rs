@@ -56,7 +56,7 @@ async fn atoll_member(dir: &std::path::Path) -> Result<(Hub, Kubeconfig)> {
 /// Writes the token into the Secret the join requests, as the token controller would.
 async fn fill_join_token(member: Client) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(member, MEMBER_NAMESPACE);
-    eventually("the join's token Secret", Duration::from_secs(60), || {
+    eventually(Duration::from_secs(60), "the join's token Secret", || {
         let secrets = secrets.clone();
         async move { Ok(secrets.get_opt(MEMBER_TOKEN_SECRET).await?.map(|_| ())) }
     })
@@ -153,7 +153,7 @@ async fn works_reach_an_atoll_hub_member_with_drift_reverted_and_deletion_cleane
             &Patch::Merge(json!({"data": {"v": "drifted"}})),
         )
         .await?;
-    eventually("drift reverted", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "drift reverted", || async {
         let cm = member_configmap(&member, "default", "hello").await?;
         Ok(cm
             .and_then(|c| c.data)
@@ -164,7 +164,7 @@ async fn works_reach_an_atoll_hub_member_with_drift_reverted_and_deletion_cleane
 
     // Deleting the Work deletes what it applied, and the finalizer lets the Work go.
     works.delete("hello", &DeleteParams::default()).await?;
-    eventually("the Work gone", Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(60), "the Work gone", || async {
         Ok(works.get_opt("hello").await?.is_none().then_some(()))
     })
     .await?;

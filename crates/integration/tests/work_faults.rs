@@ -31,8 +31,8 @@ async fn recorded(fleet: &Fleet, work: &str) -> Result<Vec<String>> {
 async fn converged(fleet: &Fleet, work: &str, expected: &[(&str, &str)]) -> Result<()> {
     let names: Vec<String> = expected.iter().map(|(n, _)| (*n).to_owned()).collect();
     eventually(
-        "the member to converge",
         Duration::from_secs(90),
+        "the member to converge",
         || async {
             for (name, value) in expected {
                 let cm = member_configmap(&fleet.member, "default", name).await?;

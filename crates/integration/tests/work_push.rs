@@ -102,7 +102,7 @@ async fn the_controller_applies_each_clusters_works_and_unjoin_releases_them() -
         },
     )
     .await?;
-    eventually("west's namespace gone", Duration::from_secs(90), || async {
+    eventually(Duration::from_secs(90), "west's namespace gone", || async {
         Ok(Api::<Namespace>::all(hub.clone())
             .get_opt(&cluster_namespace("west"))
             .await?
@@ -119,7 +119,7 @@ async fn the_controller_applies_each_clusters_works_and_unjoin_releases_them() -
     })
     .await?;
     let east = testbed.clusters()[1].client().await?;
-    eventually("east updated", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "east updated", || async {
         let cm = member_configmap(&east, "default", "hello").await?;
         Ok(cm
             .and_then(|c| c.data)

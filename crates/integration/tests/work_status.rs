@@ -158,7 +158,7 @@ async fn availability_and_feedback_follow_a_rollout() -> Result<()> {
     })
     .await?;
     let deployments: Api<Deployment> = Api::namespaced(fleet.member.clone(), "default");
-    eventually("replicas released", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "replicas released", || async {
         let d = deployments.get("web").await?;
         let owned_by_atoll = d
             .metadata

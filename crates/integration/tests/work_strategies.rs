@@ -199,7 +199,7 @@ async fn update_strategies_create_only_read_only_and_update() -> Result<()> {
         spec.workload.manifests[2] = Manifest(configmap("replaced", "default", json!({"w": "2"})));
     })
     .await?;
-    eventually("replaced updated", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "replaced updated", || async {
         let d = data(member_configmap(&fleet.member, "default", "replaced").await?);
         Ok((d == [("w".into(), "2".into())]).then_some(()))
     })
@@ -239,7 +239,7 @@ async fn drift_is_reverted_unmanaged_fields_stay_and_report_diff_only_reports() 
                 "metadata": {"name": "drifty"}, "data": {"color": "red", "size": "L"}})),
         )
         .await?;
-    eventually("drift reverted", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "drift reverted", || async {
         let d = data(members.get_opt("drifty").await?);
         Ok((d == [("color".into(), "blue".into()), ("size".into(), "L".into())]).then_some(()))
     })
@@ -252,7 +252,7 @@ async fn drift_is_reverted_unmanaged_fields_stay_and_report_diff_only_reports() 
     ensure!(work_condition(&reverted, CONDITION_APPLIED, TRUE));
     // Deleted in the member: recreated.
     members.delete("drifty", &Default::default()).await?;
-    eventually("recreated", Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), "recreated", || async {
         Ok(members
             .get_opt("drifty")
             .await?

@@ -173,23 +173,8 @@ impl Fixture {
     }
 }
 
-/// Polls `check` until it returns `Some`, or fails after `within` with the last observation.
-pub async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+pub use atoll_integration::eventually;
 
 /// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the
 /// cluster's own controllers churn (events, leases, endpoints).

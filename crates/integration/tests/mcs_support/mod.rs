@@ -42,26 +42,8 @@ pub struct Fleet {
     pub testbed: Testbed,
 }
 
-/// Polls `check` until it returns `Some`, or fails after `within` with the last error.
-pub async fn eventually<T>(
-    within: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut last = String::new();
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(error) => last = format!("{error:#}"),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what} (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+pub use atoll_integration::eventually;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 

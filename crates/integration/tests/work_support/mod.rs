@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -120,27 +119,8 @@ pub async fn edit(works: &Api<Work>, name: &str, change: impl Fn(&mut WorkSpec))
     bail!("could not edit Work {name}: conflicts")
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with the last
-/// state seen.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => last = "not yet".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+pub use atoll_integration::eventually;
 
 /// The Work once `accept` holds for it (60 s at most), or an error with its last status.
 pub async fn work_until(
@@ -276,8 +256,8 @@ impl Drop for Restartable {
 /// Waits until the API server behind `client` answers again.
 pub async fn wait_ready(client: &Client) -> Result<()> {
     eventually(
-        "the API server to answer",
         Duration::from_secs(90),
+        "the API server to answer",
         || async { Ok(client.apiserver_version().await.ok().map(|_| ())) },
     )
     .await
