@@ -157,6 +157,11 @@ impl ApiServer {
             storage.rbac_policy_cache().clone(),
             shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(rbac::run_aggregation(
+            storage.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(token_secrets::run(
             storage.clone(),
             registry.clone(),

@@ -3,12 +3,14 @@
 //! users, groups and service accounts. `system:masters` may do everything, as upstream; health,
 //! version and discovery paths are open as upstream's bootstrap policy opens them.
 
+mod aggregation;
 mod cache;
 mod escalation;
 pub mod policy;
 
 use serde_json::{Value, json};
 
+pub use aggregation::run as run_aggregation;
 pub use cache::{PolicyCache, TrackedStore, follow_changes};
 pub use escalation::Escalation;
 use policy::Policy;
@@ -109,7 +111,8 @@ pub fn denied(user: &UserInfo, target: &RequestTarget) -> ApiError {
 
 /// The bootstrap policy every server starts with: `cluster-admin` for `system:masters`,
 /// `system:basic-user` (self reviews) for every authenticated user, and the user-facing roles
-/// `admin`, `edit` and `view` to bind in namespaces.
+/// `admin`, `edit` and `view` to bind in namespaces (aggregated from the
+/// `system:aggregate-to-*` roles; their rules are filled in here already).
 pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
     let rbac = "rbac.authorization.k8s.io/v1";
     let read = json!(["get", "list", "watch"]);
@@ -124,7 +127,7 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
         "watch"
     ]);
     let core = json!(["configmaps", "secrets", "serviceaccounts", "events"]);
-    vec![
+    let mut objects = vec![
         (
             "clusterroles",
             json!({
@@ -136,14 +139,18 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                 ]
             }),
         ),
+        aggregated(rbac, "admin"),
+        aggregated(rbac, "edit"),
+        aggregated(rbac, "view"),
         (
             "clusterroles",
             json!({
                 "apiVersion": rbac, "kind": "ClusterRole",
-                "metadata": {"name": "admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "metadata": {"name": "system:aggregate-to-admin", "labels": {
+                    "kubernetes.io/bootstrapping": "rbac-defaults",
+                    "rbac.authorization.k8s.io/aggregate-to-admin": "true"
+                }},
                 "rules": [
-                    {"apiGroups": [""], "resources": core, "verbs": write},
-                    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": write},
                     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": write}
                 ]
             }),
@@ -152,7 +159,11 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             "clusterroles",
             json!({
                 "apiVersion": rbac, "kind": "ClusterRole",
-                "metadata": {"name": "edit", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "metadata": {"name": "system:aggregate-to-edit", "labels": {
+                    "kubernetes.io/bootstrapping": "rbac-defaults",
+                    "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+                    "rbac.authorization.k8s.io/aggregate-to-edit": "true"
+                }},
                 "rules": [
                     {"apiGroups": [""], "resources": core, "verbs": write},
                     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": write}
@@ -163,7 +174,12 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
             "clusterroles",
             json!({
                 "apiVersion": rbac, "kind": "ClusterRole",
-                "metadata": {"name": "view", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "metadata": {"name": "system:aggregate-to-view", "labels": {
+                    "kubernetes.io/bootstrapping": "rbac-defaults",
+                    "rbac.authorization.k8s.io/aggregate-to-admin": "true",
+                    "rbac.authorization.k8s.io/aggregate-to-edit": "true",
+                    "rbac.authorization.k8s.io/aggregate-to-view": "true"
+                }},
                 "rules": [
                     {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts", "events"], "verbs": read},
                     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": read}
@@ -199,7 +215,26 @@ pub fn bootstrap_objects() -> Vec<(&'static str, Value)> {
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": SYSTEM_MASTERS}]
             }),
         ),
-    ]
+    ];
+    aggregation::fill_in(&mut objects);
+    objects
+}
+
+/// One of the user-facing roles `admin`, `edit`, `view`: as upstream, it aggregates the
+/// ClusterRoles labelled `rbac.authorization.k8s.io/aggregate-to-<name>: "true"` (the
+/// `system:aggregate-to-<name>` roles hold the defaults; CRD installers add their own).
+fn aggregated(rbac: &str, name: &str) -> (&'static str, Value) {
+    (
+        "clusterroles",
+        json!({
+            "apiVersion": rbac, "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "aggregationRule": {"clusterRoleSelectors": [
+                {"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{name}"): "true"}}
+            ]},
+            "rules": []
+        }),
+    )
 }
 
 #[cfg(test)]

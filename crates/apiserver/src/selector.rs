@@ -116,6 +116,48 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// Converts a structured `metav1.LabelSelector` (`matchLabels` and `matchExpressions` with
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`), as upstream's `LabelSelectorAsSelector`; an
+    /// empty selector matches everything.
+    pub fn from_structured(selector: &Value) -> Result<LabelSelector, ApiError> {
+        let mut requirements = Vec::new();
+        if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
+            for (key, value) in labels {
+                let value = value.as_str().unwrap_or_default();
+                if !valid_key(key) {
+                    return Err(bad_selector(key, "invalid label key"));
+                }
+                requirements.push(Requirement::Equals(key.clone(), value.to_string()));
+            }
+        }
+        let expressions = selector.get("matchExpressions").and_then(Value::as_array);
+        for expression in expressions.into_iter().flatten() {
+            let key = expression["key"].as_str().unwrap_or_default().to_string();
+            if !valid_key(&key) {
+                return Err(bad_selector(&key, "invalid label key"));
+            }
+            let values: Vec<String> = expression["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            let operator = expression["operator"].as_str().unwrap_or_default();
+            requirements.push(match operator {
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::NotExists(key),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "{other:?} is not a valid label selector operator"
+                    )));
+                }
+            });
+        }
+        Ok(LabelSelector { requirements })
+    }
+
     /// Whether the selector is empty.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

@@ -620,3 +620,193 @@ async fn the_next_request_after_an_rbac_write_sees_it() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+async fn cluster_role_rules(
+    roles: &Api<ClusterRole>,
+    name: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let role = roles.get(name).await?;
+    Ok(serde_json::to_value(role.rules.unwrap_or_default())?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Polls until the ClusterRole `name`'s rules are `expected` (compared as JSON).
+async fn wait_for_rules(
+    roles: &Api<ClusterRole>,
+    name: &str,
+    expected: serde_json::Value,
+) -> anyhow::Result<()> {
+    let expected: Vec<k8s_openapi::api::rbac::v1::PolicyRule> = serde_json::from_value(expected)?;
+    let expected = serde_json::to_value(expected)?;
+    common::eventually(std::time::Duration::from_secs(30), || {
+        let expected = expected.clone();
+        async move {
+            let rules = serde_json::Value::Array(cluster_role_rules(roles, name).await?);
+            Ok((rules == expected).then_some(()))
+        }
+    })
+    .await
+    .with_context(|| format!("waiting for the rules of {name} to become {expected}"))
+}
+
+/// Whether `client`'s user may `verb` `resource` in `group`, namespace `x`, by
+/// SelfSubjectAccessReview.
+async fn can_i(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> anyhow::Result<bool> {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {
+            "namespace": "x", "verb": verb, "group": group, "resource": resource
+        }}
+    }))?;
+    let answer = reviews.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// kube-controller-manager's ClusterRole aggregation: an aggregated role's rules follow the
+/// roles its selectors match (added, changed, unlabelled), authorization follows its rules,
+/// unrelated roles are never written, and the bootstrap `edit` role is aggregated as upstream's.
+#[tokio::test]
+async fn aggregated_cluster_roles_follow_their_sources() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "dev-token,dev,1\n")?;
+    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let admin = hub.client().await?;
+    let label = "example.com/aggregate-to-monitoring";
+    let read_configmaps = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]});
+    let read_secrets = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]});
+    let read_service_accounts =
+        json!({"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]});
+    let cluster_role = |name: &str, labels: serde_json::Value, rules: serde_json::Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels}, "rules": rules})
+    };
+    apply(
+        &admin,
+        &[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "x"}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "x"}}),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "watcher", "namespace": "x"}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "monitoring"},
+                "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]}}),
+            cluster_role("bystander", json!({"team": "other"}), json!([read_secrets])),
+            // Sorted by name, the sources give the aggregate's rule order.
+            cluster_role("monitoring-secrets", json!({label: "true"}), json!([read_secrets])),
+            cluster_role("monitoring-configmaps", json!({label: "true"}), json!([read_configmaps, read_secrets])),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "dev-monitoring"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "monitoring"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+        ],
+    )
+    .await?;
+    let roles: Api<ClusterRole> = Api::all(admin.clone());
+    let bystander_version = roles.get("bystander").await?.metadata.resource_version;
+    wait_for_rules(&roles, "monitoring", json!([read_configmaps, read_secrets])).await?;
+
+    let dev = token_client(&hub, "dev-token").await?;
+    let dev_configmaps: Api<ConfigMap> = Api::namespaced(dev.clone(), "x");
+    let dev_secrets: Api<Secret> = Api::namespaced(dev.clone(), "x");
+    let dev_service_accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(dev.clone(), "x");
+    dev_configmaps.get("c").await?;
+    dev_secrets.get("s").await?;
+    assert_eq!(
+        status_of(dev_service_accounts.get("watcher").await)?.code,
+        403
+    );
+    assert_eq!(
+        status_of(dev_configmaps.list(&ListParams::default()).await)?.code,
+        403
+    );
+
+    // One source changes its rules, the other loses its label: the aggregate follows.
+    roles
+        .patch(
+            "monitoring-configmaps",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": [read_service_accounts]})),
+        )
+        .await?;
+    roles
+        .patch(
+            "monitoring-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: null}}})),
+        )
+        .await?;
+    wait_for_rules(&roles, "monitoring", json!([read_service_accounts])).await?;
+    dev_service_accounts.get("watcher").await?;
+    assert_eq!(status_of(dev_configmaps.get("c").await)?.code, 403);
+    assert_eq!(status_of(dev_secrets.get("s").await)?.code, 403);
+
+    // The label back on: the aggregate grows again.
+    roles
+        .patch(
+            "monitoring-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: "true"}}})),
+        )
+        .await?;
+    wait_for_rules(
+        &roles,
+        "monitoring",
+        json!([read_service_accounts, read_secrets]),
+    )
+    .await?;
+    dev_secrets.get("s").await?;
+
+    // The bootstrap `edit` role aggregates as upstream's: a CRD installer's role labelled
+    // aggregate-to-edit extends it (and not `view`).
+    let read_widgets =
+        json!({"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get", "list"]});
+    let edit_before = cluster_role_rules(&roles, "edit").await?;
+    assert!(!edit_before.is_empty(), "the bootstrap edit role has rules");
+    apply(
+        &admin,
+        &[
+            cluster_role(
+                "widgets-edit",
+                json!({"rbac.authorization.k8s.io/aggregate-to-edit": "true"}),
+                json!([read_widgets]),
+            ),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "dev-edit", "namespace": "x"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}),
+        ],
+    )
+    .await?;
+    let mut edit_after = edit_before.clone();
+    // `widgets-edit` sorts after the `system:aggregate-to-*` sources.
+    edit_after.push(read_widgets.clone());
+    wait_for_rules(&roles, "edit", serde_json::Value::Array(edit_after)).await?;
+    assert!(can_i(&dev, "list", "example.com", "widgets").await?);
+    assert!(!can_i(&dev, "delete", "example.com", "widgets").await?);
+    assert!(
+        !cluster_role_rules(&roles, "view")
+            .await?
+            .contains(&read_widgets)
+    );
+
+    // Unrelated roles and the sources themselves were never written by the aggregation.
+    assert_eq!(
+        roles.get("bystander").await?.metadata.resource_version,
+        bystander_version
+    );
+    assert_eq!(
+        cluster_role_rules(&roles, "monitoring-secrets").await?,
+        vec![read_secrets]
+    );
+    Ok(())
+}
