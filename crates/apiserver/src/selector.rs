@@ -249,6 +249,33 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn structured_selectors_match_as_kubernetes() -> Result<(), ApiError> {
+        let obj = json!({"metadata": {"name": "a", "labels": {"app": "web", "tier": "front"}}});
+        let matches = |selector: serde_json::Value| {
+            LabelSelector::from_structured(&selector).map(|s| s.matches(&obj))
+        };
+        assert!(matches(json!({}))?);
+        assert!(matches(json!({"matchLabels": {"app": "web"}}))?);
+        assert!(!matches(
+            json!({"matchLabels": {"app": "web", "tier": "back"}})
+        )?);
+        assert!(matches(json!({"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["db", "web"]},
+            {"key": "tier", "operator": "NotIn", "values": ["back"]},
+            {"key": "tier", "operator": "Exists"},
+            {"key": "missing", "operator": "DoesNotExist"}
+        ]}))?);
+        assert!(!matches(
+            json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]})
+        )?);
+        assert!(!matches(
+            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})
+        )?);
+        assert!(matches(json!({"matchExpressions": [{"key": "app", "operator": "Gt"}]})).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn every_label_operator_matches_as_kubernetes() -> Result<(), ApiError> {
         let obj = json!({"metadata": {"name": "a", "namespace": "n", "labels": {"app": "web", "tier": "front"}}});
         let yes = [

@@ -5,7 +5,7 @@
 //! every aggregated role, and a role is written only when its rules differ.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -124,15 +124,54 @@ async fn pass(
     def: &Arc<ResourceDef>,
     shutdown: &CancellationToken,
 ) -> Result<(), ApiError> {
-    let (rv, roles) = list_items(storage, def).await?;
-    reconcile_all(storage, def, &roles).await?;
-    // Any change may add or remove a source of any aggregated role: recompute all of them
-    // from a fresh list (a write of our own comes back here once and then changes nothing).
-    follow(storage, def, rv, shutdown, |_, _| async move {
-        let (_, roles) = list_items(storage, def).await?;
-        reconcile_all(storage, def, &roles).await
+    let (rv, listed) = list_items(storage, def).await?;
+    reconcile_all(storage, def, &listed).await?;
+    // The ClusterRoles as of the last event, kept from the watch rather than relisted, so that
+    // a change that concerns no aggregated role costs a few selector matches.
+    let roles: Mutex<BTreeMap<String, Value>> = Mutex::new(
+        listed
+            .into_iter()
+            .map(|role| (name_of(&role).to_string(), role))
+            .collect(),
+    );
+    follow(storage, def, rv, shutdown, |deleted, role| {
+        let snapshot = roles.lock().ok().and_then(|mut roles| {
+            let name = name_of(&role).to_string();
+            let previous = if deleted {
+                roles.remove(&name)
+            } else {
+                roles.insert(name, role.clone())
+            };
+            concerns_an_aggregate(&roles, previous.as_ref(), &role)
+                .then(|| roles.values().cloned().collect::<Vec<_>>())
+        });
+        async move {
+            match snapshot {
+                Some(roles) => reconcile_all(storage, def, &roles).await,
+                None => Ok(()),
+            }
+        }
     })
     .await
+}
+
+/// Whether a change from `previous` to `current` may change some aggregated role's rules:
+/// it is (or was) an aggregated role itself, or one of its versions is selected by one.
+fn concerns_an_aggregate(
+    roles: &BTreeMap<String, Value>,
+    previous: Option<&Value>,
+    current: &Value,
+) -> bool {
+    let versions: Vec<&Value> = previous.into_iter().chain([current]).collect();
+    if versions.iter().any(|v| selectors(v).is_some()) {
+        return true;
+    }
+    roles.values().any(|role| match selectors(role) {
+        Some(Ok(selectors)) => selectors
+            .iter()
+            .any(|s| versions.iter().any(|v| s.matches(v))),
+        Some(Err(_)) | None => false,
+    })
 }
 
 async fn reconcile_all(
