@@ -810,3 +810,64 @@ async fn aggregated_cluster_roles_follow_their_sources() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Aggregation is level-triggered: a source changed while no server ran (written straight
+/// into the store) is aggregated by the next server on its start.
+#[tokio::test]
+async fn aggregation_converges_on_start() -> anyhow::Result<()> {
+    let store: Arc<dyn atoll_store::Store> = Arc::new(MemoryStore::new());
+    let label = "example.com/aggregate-to-monitoring";
+    let read_configmaps = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]});
+    let read_secrets = json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]});
+    let first =
+        atoll_apiserver::ApiServer::start(store.clone(), atoll_apiserver::ServerOptions::default())
+            .await?;
+    apply(
+        &first.client(),
+        &[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "monitoring"},
+            "aggregationRule": {"clusterRoleSelectors": [{"matchExpressions": [
+                {"key": label, "operator": "In", "values": ["true"]}
+            ]}]}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": "monitoring-source", "labels": {label: "true"}},
+                "rules": [read_configmaps]}),
+        ],
+    )
+    .await?;
+    wait_for_rules(
+        &Api::all(first.client()),
+        "monitoring",
+        json!([read_configmaps]),
+    )
+    .await?;
+    let mut source = serde_json::to_value(
+        Api::<ClusterRole>::all(first.client())
+            .get("monitoring-source")
+            .await?,
+    )?;
+    first.shutdown().await;
+
+    source["rules"] = json!([read_secrets]);
+    store
+        .txn(atoll_store::Txn {
+            compares: vec![],
+            success: vec![atoll_store::Op::Put {
+                key: "/registry/rbac.authorization.k8s.io/clusterroles/monitoring-source".into(),
+                value: serde_json::to_vec(&source)?.into(),
+            }],
+            failure: vec![],
+        })
+        .await?;
+    let second =
+        atoll_apiserver::ApiServer::start(store, atoll_apiserver::ServerOptions::default()).await?;
+    wait_for_rules(
+        &Api::all(second.client()),
+        "monitoring",
+        json!([read_secrets]),
+    )
+    .await?;
+    second.shutdown().await;
+    Ok(())
+}
