@@ -173,7 +173,8 @@ impl Fixture {
     }
 }
 
-#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+// Like the rest of this module, not every suite that includes it waits.
+#[allow(unused_imports)]
 pub use atoll_integration::eventually;
 
 /// Every object in a cluster, as (resource, namespace, name, uid), leaving out what the

@@ -42,7 +42,8 @@ pub struct Fleet {
     pub testbed: Testbed,
 }
 
-#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+// Like the rest of this module, not every suite that includes it waits.
+#[allow(unused_imports)]
 pub use atoll_integration::eventually;
 
 pub const WAIT: Duration = Duration::from_secs(60);

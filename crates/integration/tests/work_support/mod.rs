@@ -119,7 +119,8 @@ pub async fn edit(works: &Api<Work>, name: &str, change: impl Fn(&mut WorkSpec))
     bail!("could not edit Work {name}: conflicts")
 }
 
-#[allow(unused_imports)] // like the rest of this module, not every suite that includes it waits
+// Like the rest of this module, not every suite that includes it waits.
+#[allow(unused_imports)]
 pub use atoll_integration::eventually;
 
 /// The Work once `accept` holds for it (60 s at most), or an error with its last status.
