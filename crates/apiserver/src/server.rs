@@ -475,6 +475,7 @@ fn patch_sets_resource_version(kind: PatchType, body: &[u8]) -> bool {
 
 /// What a create must pass besides validation: the requester's identity (for CSRs) and the
 /// RBAC escalation check (for roles and bindings).
+#[derive(Clone, Copy)]
 struct CreateAdmission<'a> {
     user: &'a UserInfo,
     escalation: &'a rbac::Escalation,
@@ -544,6 +545,10 @@ async fn resource(
     let admission = crate::certificates::admit(state, &def, &r, _user).await?;
     let escalation =
         rbac::Escalation::prepare(&state.storage, &def, _user, &r, namespace.as_deref()).await?;
+    let creating = CreateAdmission {
+        user: _user,
+        escalation: &escalation,
+    };
     if def.review {
         if r.verb != "create" {
             return Err(ApiError::method_not_allowed());
@@ -660,19 +665,7 @@ async fn resource(
             let validation = field_validation(query)?;
             let (_, body) = read_body(req).await?;
             let obj = parse_json(&body)?;
-            create_and_answer(
-                storage,
-                &def,
-                ns,
-                obj,
-                dry,
-                validation,
-                CreateAdmission {
-                    user: _user,
-                    escalation: &escalation,
-                },
-            )
-            .await
+            create_and_answer(storage, &def, ns, obj, dry, validation, creating).await
         }
         "update" => {
             let dry = dry_run(query)?;
@@ -723,19 +716,7 @@ async fn resource(
                 Err(e) if e.code == 404 && kind == PatchType::Apply && r.subresource.is_none() => {
                     let mut obj = parse_json(&body)?;
                     crate::storage::meta_mut(&mut obj).insert("name".into(), json!(name));
-                    create_and_answer(
-                        storage,
-                        &def,
-                        ns,
-                        obj,
-                        dry,
-                        validation,
-                        CreateAdmission {
-                            user: _user,
-                            escalation: &escalation,
-                        },
-                    )
-                    .await
+                    create_and_answer(storage, &def, ns, obj, dry, validation, creating).await
                 }
                 Err(e) => Err(e),
             }

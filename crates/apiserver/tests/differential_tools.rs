@@ -278,9 +278,16 @@ async fn kubectl_prints_the_same_against_both_servers() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no watch step"))?;
     assert_eq!(watched.stdout, "fast\nwatched", "kube-apiserver's watch");
 
+    assert_same_steps(&expected, &actual);
+    Ok(())
+}
+
+/// Fails, naming every differing step, unless kube-apiserver (`expected`) and atoll (`actual`)
+/// printed the same for each kubectl step.
+fn assert_same_steps(expected: &[(&str, Printed)], actual: &[(&str, Printed)]) {
     let mismatches: Vec<String> = expected
         .iter()
-        .zip(&actual)
+        .zip(actual)
         .filter(|((_, k), (_, a))| k != a)
         .map(|((name, k), (_, a))| {
             format!("{name}:\n  kube-apiserver: {k:?}\n  atoll:          {a:?}")
@@ -293,7 +300,6 @@ async fn kubectl_prints_the_same_against_both_servers() -> anyhow::Result<()> {
         expected.len(),
         mismatches.join("\n")
     );
-    Ok(())
 }
 
 /// The outcome of a kube-rs call, as comparable text: the object's normalized data, or the
@@ -512,20 +518,6 @@ async fn escalation_refusals_match_kube_apiserver() -> anyhow::Result<()> {
         ],
         "kube-apiserver: {expected:#?}"
     );
-    let mismatches: Vec<String> = expected
-        .iter()
-        .zip(&actual)
-        .filter(|((_, k), (_, a))| k != a)
-        .map(|((name, k), (_, a))| {
-            format!("{name}:\n  kube-apiserver: {k:?}\n  atoll:          {a:?}")
-        })
-        .collect();
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} kubectl steps differ:\n{}",
-        mismatches.len(),
-        expected.len(),
-        mismatches.join("\n")
-    );
+    assert_same_steps(&expected, &actual);
     Ok(())
 }

@@ -14,6 +14,15 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+/// A hub on an in-memory store that also accepts the static bearer tokens of `tokens_csv`
+/// (kube-apiserver's `--token-auth-file` format).
+async fn hub_with_tokens(tokens_csv: &str) -> anyhow::Result<TestHub> {
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, tokens_csv)?;
+    TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await
+}
+
 async fn token_client(hub: &TestHub, token: &str) -> anyhow::Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(hub.kubeconfig())?;
     let mut config =
@@ -55,10 +64,7 @@ async fn apply(client: &kube::Client, objects: &[serde_json::Value]) -> anyhow::
 
 #[tokio::test]
 async fn rbac_confines_an_identity_to_its_namespace() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "alice-token,alice,1\nbob-token,bob,2,\"dev\"\n")?;
-    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let hub = hub_with_tokens("alice-token,alice,1\nbob-token,bob,2,\"dev\"\n").await?;
     let admin = hub.client().await?;
     apply(
         &admin,
@@ -217,10 +223,7 @@ async fn anonymous_requests_reach_health_but_not_the_api() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_auth_can_i_whoami_and_impersonation() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "alice-token,alice,1\n")?;
-    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let hub = hub_with_tokens("alice-token,alice,1\n").await?;
     hub.kubectl_ok(&["create", "namespace", "x"])?;
     hub.kubectl_ok(&["create", "namespace", "y"])?;
     hub.kubectl_ok(&[
@@ -318,10 +321,7 @@ fn not_held(resource: &str, name: &str, missing: &[&str]) -> String {
 
 #[tokio::test]
 async fn rbac_writes_cannot_grant_what_the_writer_does_not_hold() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "dev-token,dev,1\n")?;
-    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let hub = hub_with_tokens("dev-token,dev,1\n").await?;
     let admin = hub.client().await?;
     // dev administers namespace x (the bootstrap `admin` role: explicit verbs on configmaps,
     // secrets and the like, and writes to Roles and RoleBindings), and may only write
@@ -556,10 +556,7 @@ async fn rbac_writes_cannot_grant_what_the_writer_does_not_hold() -> anyhow::Res
 /// never followed by a decision on the policy before it.
 #[tokio::test]
 async fn the_next_request_after_an_rbac_write_sees_it() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "dev-token,dev,1\n")?;
-    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let hub = hub_with_tokens("dev-token,dev,1\n").await?;
     let admin = hub.client().await?;
     apply(
         &admin,
@@ -675,10 +672,7 @@ async fn can_i(
 /// unrelated roles are never written, and the bootstrap `edit` role is aggregated as upstream's.
 #[tokio::test]
 async fn aggregated_cluster_roles_follow_their_sources() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "dev-token,dev,1\n")?;
-    let hub = TestHub::start_in(dir, Arc::new(MemoryStore::new()), Some(tokens)).await?;
+    let hub = hub_with_tokens("dev-token,dev,1\n").await?;
     let admin = hub.client().await?;
     let label = "example.com/aggregate-to-monitoring";
     let read_configmaps = json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]});

@@ -10,20 +10,10 @@ use serde_json::Value;
 
 use crate::auth::UserInfo;
 use crate::request::{RequestTarget, ResourceRequest};
+use crate::storage::string_list;
 
 /// Where RBAC objects are stored.
 pub const PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
-
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn contains(set: &[String], item: &str) -> bool {
     set.iter().any(|s| s == item)
@@ -48,11 +38,11 @@ impl PolicyRule {
     /// Reads a rule as stored (missing or malformed lists are empty).
     pub fn from_value(rule: &Value) -> PolicyRule {
         PolicyRule {
-            verbs: strings(rule.get("verbs")),
-            api_groups: strings(rule.get("apiGroups")),
-            resources: strings(rule.get("resources")),
-            resource_names: strings(rule.get("resourceNames")),
-            non_resource_urls: strings(rule.get("nonResourceURLs")),
+            verbs: string_list(rule.get("verbs")),
+            api_groups: string_list(rule.get("apiGroups")),
+            resources: string_list(rule.get("resources")),
+            resource_names: string_list(rule.get("resourceNames")),
+            non_resource_urls: string_list(rule.get("nonResourceURLs")),
         }
     }
 
