@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, Request, Response, header};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use rustls::pki_types::ServerName;
@@ -331,11 +331,13 @@ async fn drive<T>(
 
 /// Headers that HTTP/2 forbids (RFC 9113 §8.2.2); the `h2` crate refuses requests that carry
 /// them.
-const CONNECTION_HEADERS: [HeaderName; 4] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::HOST,
+const CONNECTION_HEADERS: [&str; 6] = [
+    "connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "keep-alive",
+    "proxy-connection",
 ];
 
 async fn send_http2(
@@ -346,8 +348,6 @@ async fn send_http2(
     for name in CONNECTION_HEADERS {
         head.headers.remove(name);
     }
-    head.headers.remove("keep-alive");
-    head.headers.remove("proxy-connection");
     // The API's request bodies are whole objects, already in memory.
     let mut body = body.collect().await?.to_bytes();
     let (response, mut stream) =

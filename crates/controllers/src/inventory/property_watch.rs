@@ -227,21 +227,15 @@ fn watch_timeout_seconds() -> u32 {
 }
 
 async fn refused(response: http::Response<ResponseBody>) -> WatchError {
-    let code = response.status().as_u16();
+    let status = response.status();
+    if status == http::StatusCode::GONE {
+        return WatchError::Gone;
+    }
     match read_limited(response.into_body(), 64 * 1024).await {
-        Ok(body) => {
-            let answer = crate::client::Answer {
-                status: http::StatusCode::from_u16(code).unwrap_or_default(),
-                body,
-            };
-            if code == 410 {
-                return WatchError::Gone;
-            }
-            WatchError::Refused {
-                code,
-                message: answer.message(300),
-            }
-        }
+        Ok(body) => WatchError::Refused {
+            code: status.as_u16(),
+            message: crate::client::Answer { status, body }.message(300),
+        },
         Err(error) => WatchError::Transport(error),
     }
 }

@@ -409,7 +409,8 @@ async fn cluster_worker(
     let key = ObjectRef::new(&name).within(&manager_namespace);
     let mut tracker = HealthTracker::new(health);
     let mut member: Option<MemberHttp> = None;
-    // The member's properties, watched by this task itself (no task of its own per member).
+    // The member's properties, watched by this task itself (no task of its own per member)
+    // from the moment its credentials are read.
     let mut properties: Option<Pin<Box<dyn Stream<Item = Properties> + Send>>> = None;
     let mut observed: Option<Properties> = None;
     let mut ticker = tokio::time::interval(health.period);
@@ -424,7 +425,10 @@ async fn cluster_worker(
         };
         if member.is_none() {
             match member_http_from_secret(&hub, &cluster_namespace(&name)).await {
-                Ok(Some(http)) => member = Some(http),
+                Ok(Some(http)) => {
+                    properties = Some(Box::pin(property_watch::watch(http.clone())));
+                    member = Some(http);
+                }
                 Ok(None) => {
                     debug!(cluster = %name, "no member credentials yet");
                     continue;
@@ -438,9 +442,6 @@ async fn cluster_worker(
         let Some(http) = member.as_ref() else {
             continue;
         };
-        if properties.is_none() {
-            properties = Some(Box::pin(property_watch::watch(http.clone())));
-        }
         let mut version = None;
         if probe_due {
             tracker.observe(probe(http, health.timeout).await);
