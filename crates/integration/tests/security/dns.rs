@@ -1,0 +1,1 @@
+//! Attacks: see the suite's module list in main.rs.
