@@ -632,19 +632,17 @@ fn run_rules(
         }
         let cost = rule_cost(&rule.program, &self_shape, &old_shape);
         if cost > PER_CALL_LIMIT {
-            // As cel-go cancels the call at the limit, having spent it.
+            // As cel-go cancels the call at the limit: no further rule runs.
             run.causes.push(Cause::invalid(
                 path.to_string(),
                 &shown_type,
                 format!(
-                    "operation cancelled: actual cost limit exceeded: call cost exceeds limit for rule: {}",
+                    "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {}",
                     rule.error_string
                 ),
             ));
-            if !run.spend(PER_CALL_LIMIT, path, &shown_type) {
-                return;
-            }
-            continue;
+            run.exhausted = true;
+            return;
         }
         if !run.spend(cost, path, &shown_type) {
             return;
@@ -1483,7 +1481,7 @@ mod tests {
         assert_eq!(
             texts,
             vec![
-                "spec: Invalid value: \"object\": operation cancelled: actual cost limit exceeded: call cost exceeds limit for rule: self.items.all(a, self.items.all(b, a == b || a != b))"
+                "spec: Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: self.items.all(a, self.items.all(b, a == b || a != b))"
             ]
         );
         Ok(())

@@ -445,30 +445,29 @@ fn approval_state(crd: &Value) -> Approval {
         Approval::Missing
     } else if value.starts_with("unapproved") {
         Approval::Bypassed
-    } else if is_request_uri(value) {
+    } else if is_approval_url(value) {
         Approval::Approved
     } else {
         Approval::Invalid
     }
 }
 
-/// Go's `url.ParseRequestURI` acceptance, as far as approval annotations need it: an absolute
-/// URL (`scheme:...`, the scheme a letter then letters, digits, `+`, `-`, `.`) or an absolute
-/// path, without whitespace or control characters.
-fn is_request_uri(value: &str) -> bool {
-    if value.chars().any(|c| c.is_control() || c == ' ') {
+/// Whether an approval annotation is a URL as kube-apiserver accepts one (Go's
+/// `url.ParseRequestURI` succeeds with a scheme and a host): `scheme://host...`, the scheme a
+/// letter then letters, digits, `+`, `-`, `.`, the host not empty, no control characters.
+fn is_approval_url(value: &str) -> bool {
+    if value.chars().any(char::is_control) {
         return false;
     }
-    if value.starts_with('/') {
-        return true;
-    }
-    let Some((scheme, rest)) = value.split_once(':') else {
+    let Some((scheme, rest)) = value.split_once("://") else {
         return false;
     };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let mut chars = scheme.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        && !rest.is_empty()
+        && !host.is_empty()
+        && !host.contains(' ')
 }
 
 /// kube-apiserver's API approval check: a CRD in a protected community group needs

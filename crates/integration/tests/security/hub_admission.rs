@@ -833,7 +833,7 @@ async fn an_expensive_object_is_stopped_by_the_runtime_budgets() -> anyhow::Resu
     assert_eq!(code, 422, "{message}");
     assert!(
         message.contains(&format!(
-            "spec: Invalid value: \"object\": operation cancelled: actual cost limit exceeded: call cost exceeds limit for rule: {NESTED_ALL}"
+            "spec: Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {NESTED_ALL}"
         )),
         "{message}"
     );
