@@ -109,10 +109,156 @@ fn is_approval(t: &str) -> bool {
     t == "Approved" || t == "Denied"
 }
 
+/// JSON's name of a value's type, as Go's decoder reports it.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The 400 kube-apiserver answers for a body that does not decode into a
+/// CertificateSigningRequest: a field of the wrong JSON type (null is always fine, it decodes
+/// to the zero value). Checked before anything reads the body, so that no later step meets a
+/// shape it does not expect.
+fn shape_error(obj: &Value) -> Option<ApiError> {
+    #[derive(Clone, Copy)]
+    enum Want {
+        Object,
+        String,
+        Integer,
+        Strings,
+        Objects,
+    }
+    let fits = |v: &Value, want: Want| match want {
+        Want::Object => v.is_object(),
+        Want::String => v.is_string(),
+        Want::Integer => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        Want::Strings | Want::Objects => v.is_array(),
+    };
+    let refuse = |v: &Value, field: &str, go_type: &str| {
+        Some(ApiError::bad_request(format!(
+            "CertificateSigningRequest in version \"v1\" cannot be handled as a CertificateSigningRequest: json: cannot unmarshal {} into Go struct field {field} of type {go_type}",
+            json_type(v)
+        )))
+    };
+    // (where, field as Go names it, Go type, wanted JSON type)
+    let fields: [(Option<&Value>, &str, &str, Want); 9] = [
+        (
+            obj.get("spec"),
+            "CertificateSigningRequest.spec",
+            "v1.CertificateSigningRequestSpec",
+            Want::Object,
+        ),
+        (
+            obj.get("status"),
+            "CertificateSigningRequest.status",
+            "v1.CertificateSigningRequestStatus",
+            Want::Object,
+        ),
+        (
+            obj.pointer("/spec/request"),
+            "CertificateSigningRequestSpec.spec.request",
+            "[]uint8",
+            Want::String,
+        ),
+        (
+            obj.pointer("/spec/signerName"),
+            "CertificateSigningRequestSpec.spec.signerName",
+            "string",
+            Want::String,
+        ),
+        (
+            obj.pointer("/spec/expirationSeconds"),
+            "CertificateSigningRequestSpec.spec.expirationSeconds",
+            "int32",
+            Want::Integer,
+        ),
+        (
+            obj.pointer("/spec/usages"),
+            "CertificateSigningRequestSpec.spec.usages",
+            "[]v1.KeyUsage",
+            Want::Strings,
+        ),
+        (
+            obj.pointer("/spec/groups"),
+            "CertificateSigningRequestSpec.spec.groups",
+            "[]string",
+            Want::Strings,
+        ),
+        (
+            obj.pointer("/status/conditions"),
+            "CertificateSigningRequestStatus.status.conditions",
+            "[]v1.CertificateSigningRequestCondition",
+            Want::Objects,
+        ),
+        (
+            obj.pointer("/status/certificate"),
+            "CertificateSigningRequestStatus.status.certificate",
+            "[]uint8",
+            Want::String,
+        ),
+    ];
+    for (value, field, go_type, want) in fields {
+        let Some(value) = value.filter(|v| !v.is_null()) else {
+            continue;
+        };
+        if !fits(value, want) {
+            return refuse(value, field, go_type);
+        }
+        let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
+        for item in items.iter().filter(|v| !v.is_null()) {
+            match want {
+                Want::Strings if !item.is_string() => {
+                    return refuse(item, field, go_type.trim_start_matches("[]"));
+                }
+                Want::Objects if !item.is_object() => {
+                    return refuse(item, field, go_type.trim_start_matches("[]"));
+                }
+                Want::Objects => {
+                    for key in [
+                        "type",
+                        "status",
+                        "reason",
+                        "message",
+                        "lastUpdateTime",
+                        "lastTransitionTime",
+                    ] {
+                        if let Some(v) = item.get(key).filter(|v| !v.is_null() && !v.is_string()) {
+                            return refuse(
+                                v,
+                                &format!(
+                                    "CertificateSigningRequestCondition.status.conditions.{key}"
+                                ),
+                                match key {
+                                    "type" => "v1.RequestConditionType",
+                                    "status" => "v1.ConditionStatus",
+                                    "lastUpdateTime" | "lastTransitionTime" => "v1.Time",
+                                    _ => "string",
+                                },
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
 /// Create: the requester's identity goes into the spec; status starts empty.
 pub fn on_create(def: &ResourceDef, mut obj: Value, user: &UserInfo) -> Result<Value, ApiError> {
-    if !is_csr(def) {
+    if !is_csr(def) || !obj.is_object() {
+        // Not an object: the generic create refuses it (400).
         return Ok(obj);
+    }
+    if let Some(error) = shape_error(&obj) {
+        return Err(error);
     }
     if !obj.get("spec").is_some_and(Value::is_object) {
         obj["spec"] = json!({});
@@ -132,8 +278,8 @@ pub fn on_create(def: &ResourceDef, mut obj: Value, user: &UserInfo) -> Result<V
         .unwrap_or_default();
     if signer == KUBE_APISERVER_CLIENT_SIGNER
         && let Some(pem) = decoded(&obj, "/spec/request")
-        && let Ok((_, organizations)) = csr_subject(&pem)
-        && organizations.iter().any(|o| o == SYSTEM_MASTERS)
+        && let Ok(subject) = csr_subject(&pem)
+        && subject.organizations.iter().any(|o| o == SYSTEM_MASTERS)
     {
         return Err(ApiError::forbidden(
             &def.group_resource(),
@@ -150,14 +296,22 @@ pub fn on_create(def: &ResourceDef, mut obj: Value, user: &UserInfo) -> Result<V
 /// certificate admission plugins).
 #[derive(Debug, Default)]
 pub struct Admission {
+    /// Whether the write is of a CSR (its body's shape is then checked).
+    csr: bool,
     /// For a `/status` write of a CSR the requester may not `sign` for: the denial to give
     /// if the write changes `status.certificate`.
     denied_signing: Option<ApiError>,
 }
 
 impl Admission {
-    /// Refuses a write that sets or changes a certificate without the right to sign it.
+    /// Refuses (400) a CSR body that does not decode as one, and a write that sets or changes
+    /// a certificate without the right to sign it.
     pub fn check(&self, current: &Value, next: &Value) -> Result<(), ApiError> {
+        if self.csr
+            && let Some(error) = shape_error(next)
+        {
+            return Err(error);
+        }
         match &self.denied_signing {
             Some(denial)
                 if current.pointer("/status/certificate")
@@ -206,13 +360,20 @@ pub async fn admit(
     r: &ResourceRequest,
     user: &UserInfo,
 ) -> Result<Admission, ApiError> {
+    if !is_csr(def) {
+        return Ok(Admission::default());
+    }
+    let checked = Admission {
+        csr: true,
+        denied_signing: None,
+    };
     let verb = match r.subresource.as_deref() {
         Some("approval") => "approve",
         Some("status") => "sign",
-        _ => return Ok(Admission::default()),
+        _ => return Ok(checked),
     };
-    if !is_csr(def) || !matches!(r.verb, "update" | "patch") {
-        return Ok(Admission::default());
+    if !matches!(r.verb, "update" | "patch") {
+        return Ok(checked);
     }
     let name = r.name.as_deref().unwrap_or_default();
     let csr = state.storage.get(def, None, name, None).await?;
@@ -222,7 +383,7 @@ pub async fn admit(
         .unwrap_or_default()
         .to_string();
     if may_for_signer(state, user, verb, &signer).await? {
-        return Ok(Admission::default());
+        return Ok(checked);
     }
     let denial = ApiError::forbidden(
         &def.group_resource(),
@@ -232,6 +393,7 @@ pub async fn admit(
     match verb {
         "approve" => Err(denial),
         _ => Ok(Admission {
+            csr: true,
             denied_signing: Some(denial),
         }),
     }
@@ -289,7 +451,7 @@ fn stamp_conditions(current: &Value, next: &mut Value) {
         return;
     };
     let now = now_rfc3339();
-    for c in list.iter_mut() {
+    for c in list.iter_mut().filter(|c| c.is_object()) {
         let old = before
             .iter()
             .find(|o| condition_type(o) == condition_type(c));
@@ -308,8 +470,56 @@ fn stamp_conditions(current: &Value, next: &mut Value) {
     }
 }
 
-/// The subject common name and organizations of a PEM CSR (also checks it parses).
-fn csr_subject(pem: &[u8]) -> Result<(String, Vec<String>), String> {
+/// The identity a CSR asks for: its subject's one common name (possibly empty) and its
+/// organizations (the groups), each decoded from whichever ASN.1 string type carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CsrSubject {
+    common_name: String,
+    organizations: Vec<String>,
+}
+
+/// An attribute value as text, from any ASN.1 string type a subject may use (Go's x509, which
+/// upstream's authenticator and admission use, reads all of them): UTF8String,
+/// PrintableString, IA5String, NumericString, VisibleString, TeletexString (as Latin-1),
+/// BMPString (UTF-16BE) and UniversalString (UTF-32BE).
+fn attribute_text(value: &x509_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_string),
+        Tag::TeletexString => Some(data.iter().map(|b| char::from(*b)).collect()),
+        Tag::BmpString => {
+            if !data.len().is_multiple_of(2) {
+                return None;
+            }
+            let units: Vec<u16> = data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        Tag::UniversalString => {
+            if !data.len().is_multiple_of(4) {
+                return None;
+            }
+            data.chunks_exact(4)
+                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+/// Parses a PEM CSR and reads the identity it asks for. Refused: anything but one
+/// `CERTIFICATE REQUEST` block, a subject with more than one common name or with a
+/// multi-valued RDN (a CN or O beside another attribute in one set), and a CN or O that is no
+/// string. Nothing else of the subject is read (nor copied into a certificate).
+fn csr_subject(pem: &[u8]) -> Result<CsrSubject, String> {
+    use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME};
     use x509_parser::prelude::FromDer;
     let (_, block) = x509_parser::pem::parse_x509_pem(pem)
         .map_err(|_| "must contain a PEM block".to_string())?;
@@ -319,18 +529,32 @@ fn csr_subject(pem: &[u8]) -> Result<(String, Vec<String>), String> {
     let (_, request) =
         x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
             .map_err(|e| format!("the certificate request does not parse: {e}"))?;
-    let subject = &request.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Ok((cn, orgs))
+    let mut common_names = Vec::new();
+    let mut organizations = Vec::new();
+    for rdn in request.certification_request_info.subject.iter() {
+        if rdn.iter().count() != 1 {
+            return Err("the subject may not hold multi-valued RDNs".into());
+        }
+        for attribute in rdn.iter() {
+            let (name, into) = if *attribute.attr_type() == OID_X509_COMMON_NAME {
+                ("CN", &mut common_names)
+            } else if *attribute.attr_type() == OID_X509_ORGANIZATION_NAME {
+                ("O", &mut organizations)
+            } else {
+                continue;
+            };
+            let text = attribute_text(attribute.attr_value())
+                .ok_or_else(|| format!("the subject's {name} must be a string"))?;
+            into.push(text);
+        }
+    }
+    if common_names.len() > 1 {
+        return Err("the subject may hold at most one common name (CN)".into());
+    }
+    Ok(CsrSubject {
+        common_name: common_names.pop().unwrap_or_default(),
+        organizations,
+    })
 }
 
 fn valid_signer_name(name: &str) -> bool {
@@ -498,16 +722,50 @@ impl ClientSigner {
         })
     }
 
-    /// Issues a client certificate for a PEM CSR, valid for `duration` from now.
+    /// Issues a client certificate for a PEM CSR, valid for `duration` from now. The
+    /// certificate holds the request's public key and, of everything else the request says,
+    /// only its validated common name and organizations ([`csr_subject`]): no SANs, no other
+    /// subject attributes, no requested extensions.
     pub fn sign(
         &self,
         csr_pem: &str,
         usages: &[&str],
         duration: Duration,
     ) -> Result<String, String> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        let subject = csr_subject(csr_pem.as_bytes())?;
+        if subject.organizations.iter().any(|o| o == SYSTEM_MASTERS) {
+            return Err(format!(
+                "use of {KUBE_APISERVER_CLIENT_SIGNER} signer with {SYSTEM_MASTERS} group is not allowed"
+            ));
+        }
+        // Parsed again by rcgen only for the verified public key.
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("the certificate request does not parse or verify: {e}"))?;
-        let params = &mut csr.params;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if !subject.common_name.is_empty() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, subject.common_name.as_str());
+        }
+        // rcgen keeps one value per attribute type: a second organization is written as the
+        // same OID (2.5.4.10) spelled as a custom type; more cannot be expressed.
+        match subject.organizations.as_slice() {
+            [] => {}
+            [first] => params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, first.as_str()),
+            [first, second] => {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, first.as_str());
+                params.distinguished_name.push(
+                    rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]),
+                    second.as_str(),
+                );
+            }
+            _ => return Err("a client certificate carries at most two organizations".into()),
+        }
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + duration;
@@ -525,7 +783,8 @@ impl ClientSigner {
         let mut serial = *uuid::Uuid::new_v4().as_bytes();
         serial[0] &= 0x7f;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        csr.signed_by(&self.issuer)
+        params
+            .signed_by(&csr.public_key, &self.issuer)
             .map(|cert| cert.pem())
             .map_err(|e| format!("signing: {e}"))
     }

@@ -173,12 +173,16 @@ async fn reconcile_crd(
     crd: Value,
 ) -> Result<(), ApiError> {
     let name = name_of(&crd).to_string();
-    let Some(defs) = defs_from_crd(&crd) else {
+    let defs = defs_from_crd(&crd);
+    if defs.is_none() && !is_deleting(&crd) {
+        // Malformed, or in a group it may not be served from (one an older server stored):
+        // never served, and its deletion below deletes no objects.
+        tracing::warn!(crd = %name, "a CRD that may not be served is ignored");
         return Ok(());
-    };
+    }
     if is_deleting(&crd) {
         registry.remove_crd(&name);
-        if let Some(first) = defs.first() {
+        if let Some(first) = defs.as_ref().and_then(|d| d.first()) {
             delete_prefix(storage, &first.key_prefix()).await?;
         }
         if finalizers(&crd).iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
@@ -196,6 +200,9 @@ async fn reconcile_crd(
         }
         return Ok(());
     }
+    let Some(defs) = defs else {
+        return Ok(());
+    };
     registry.set_crd(&name, defs);
     if !finalizers(&crd).iter().any(|f| f == CRD_CLEANUP_FINALIZER) {
         storage

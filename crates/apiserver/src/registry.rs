@@ -545,12 +545,22 @@ impl Registry {
             .collect()
     }
 
-    /// Serves (or re-serves) the versions of one CRD, replacing what it served before.
+    /// Serves (or re-serves) the versions of one CRD, replacing what it served before; a
+    /// version that would replace a built-in definition, or another CRD's, is left out.
     pub fn set_crd(&self, crd_name: &str, defs: Vec<ResourceDef>) {
         let mut inner = self.write();
         remove_crd(&mut inner, crd_name);
         let mut added = Vec::new();
         for def in defs {
+            let taken = inner
+                .groups
+                .get(&def.group)
+                .and_then(|versions| versions.get(&def.version))
+                .is_some_and(|resources| resources.contains_key(&def.resource));
+            if !def.custom || taken || is_builtin_group(&def.group) {
+                tracing::warn!(crd = %crd_name, group = %def.group, resource = %def.resource, "a CRD's version that would replace a served definition is not served");
+                continue;
+            }
             added.push((def.group.clone(), def.version.clone(), def.resource.clone()));
             inner
                 .groups
@@ -605,13 +615,35 @@ pub fn crd_storage_version(crd: &Value) -> Option<&Value> {
         .and_then(|v| v.get("name"))
 }
 
+/// Whether `group` is one the server serves itself (`""`, stored as `core`, or a built-in
+/// group such as `rbac.authorization.k8s.io`).
+pub fn is_builtin_group(group: &str) -> bool {
+    group.is_empty() || group == "core" || BUILTINS.iter().any(|b| b.group == group)
+}
+
+/// Whether a CRD of `group` and `plural` may be served: the group is a DNS subdomain with a
+/// dot that the server does not serve itself, the plural a DNS label. Custom resources are
+/// stored under `/registry/<group>/<plural>/`, so this is what keeps their keys apart from
+/// every built-in kind's (`/registry/core/...` and the built-in groups'): a CRD that fails it
+/// (one stored by an older server that did not check) is never served, and deleting it deletes
+/// no objects.
+pub fn crd_may_be_served(group: &str, plural: &str) -> bool {
+    group.contains('.')
+        && !is_builtin_group(group)
+        && crate::validation::dns1123_subdomain(group).is_empty()
+        && crate::validation::dns1123_label(plural).is_empty()
+}
+
 /// The resource definitions a CRD serves (one per served version), or `None` when the CRD is
-/// malformed.
+/// malformed or may not be served ([`crd_may_be_served`]).
 pub fn defs_from_crd(crd: &Value) -> Option<Vec<ResourceDef>> {
     let spec = crd.get("spec")?;
     let group = spec.get("group")?.as_str()?.to_string();
     let names = spec.get("names")?;
     let plural = names.get("plural")?.as_str()?.to_string();
+    if !crd_may_be_served(&group, &plural) {
+        return None;
+    }
     let kind = names.get("kind")?.as_str()?.to_string();
     let singular = names
         .get("singular")

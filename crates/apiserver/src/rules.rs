@@ -8,9 +8,16 @@
 //! path; absent and null values are skipped. Errors are worded as current kube-apiserver words
 //! them (Kubernetes 1.20 has no CEL, so the differential suite cannot compare them).
 //!
+//! Cost: the `cel` crate has no cost tracker, so costs are estimated (see [`cost_causes`] and
+//! [`evaluate`]): statically from the schema's size limits when a CRD is written (upstream's
+//! per-expression and per-CRD limits and wording), and per request from the object's own sizes
+//! before each rule runs (upstream's per-call limit and per-request budget and wording). The
+//! estimate is an upper bound of cel-go's model, not its count of steps taken: a rule that
+//! would stop early (`all` meeting a false) is charged as if it ran to the end.
+//!
 //! Known differences from cel-go: no static type checking (a rule that does not evaluate to a
-//! bool fails at run time instead of at CRD creation), no cost budget, no `timestamp` and
-//! `duration` types, and property names are not escaped (`__dash__`...).
+//! bool fails at run time instead of at CRD creation), estimated rather than counted costs, no
+//! `timestamp` and `duration` types, and property names are not escaped (`__dash__`...).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -72,7 +79,12 @@ fn env() -> Option<Arc<Env>> {
 /// One compiled rule.
 #[derive(Debug)]
 struct CompiledRule {
+    /// Its index in the node's `x-kubernetes-validations`.
+    index: usize,
     rule: String,
+    /// How runtime errors name the rule (upstream's ruleErrorString): its message, else its
+    /// text.
+    error_string: String,
     program: Program,
     message: String,
     message_expression: Option<Program>,
@@ -128,7 +140,8 @@ fn compile_node(
     {
         for (i, rule) in rules.iter().enumerate() {
             let at = format!("{path}.x-kubernetes-validations[{i}]");
-            if let Some(compiled) = compile_rule(env, schema, rule, &at, causes) {
+            if let Some(mut compiled) = compile_rule(env, schema, rule, &at, causes) {
+                compiled.index = i;
                 node.rules.push(compiled);
             }
         }
@@ -263,13 +276,15 @@ fn compile_rule(
         },
         _ => Vec::new(),
     };
-    let message = match rule.get("message").and_then(Value::as_str).map(str::trim) {
-        Some(m) if !m.is_empty() => m.to_string(),
-        _ => format!("failed rule: {text}"),
+    let (message, error_string) = match rule.get("message").and_then(Value::as_str).map(str::trim) {
+        Some(m) if !m.is_empty() => (m.to_string(), m.to_string()),
+        _ => (format!("failed rule: {text}"), text.clone()),
     };
     let mut free = BTreeSet::new();
     free_identifiers(program.expression(), &mut Vec::new(), &mut free);
     Some(CompiledRule {
+        index: 0,
+        error_string,
         transition: free.contains("oldSelf"),
         rule: text,
         program,
@@ -392,11 +407,56 @@ fn parse_field_path(schema: &Value, fp: &str) -> Result<Vec<String>, String> {
     Ok(segments)
 }
 
-/// Evaluates the rules against an object (and, on update, the object before).
+/// One request's rule evaluations: their failures, and what they may still spend.
+#[derive(Debug)]
+struct Run {
+    causes: Vec<Cause>,
+    remaining: f64,
+    exhausted: bool,
+}
+
+impl Run {
+    /// Spends `cost`; when it is more than what remains, records upstream's error at `path`,
+    /// stops every further evaluation of the request and returns false.
+    fn spend(&mut self, cost: f64, path: &str, shown_type: &Value) -> bool {
+        if cost > self.remaining {
+            self.causes.push(Cause::invalid(
+                path.to_string(),
+                shown_type,
+                "validation failed due to running out of cost budget, no further validation rules will be run",
+            ));
+            self.exhausted = true;
+            return false;
+        }
+        self.remaining -= cost;
+        true
+    }
+}
+
+/// Evaluates the rules against an object (and, on update, the object before), within
+/// upstream's runtime cost budgets ([`PER_CALL_LIMIT`] per evaluation,
+/// [`RUNTIME_CEL_COST_BUDGET`] per request; each evaluation's cost is estimated from the
+/// values it reads before it runs, and one over budget does not run). On a multi-threaded
+/// runtime the evaluation leaves its async worker first (`block_in_place`), so that the
+/// worker's other requests (`/readyz`, watches) keep being served meanwhile.
 pub fn evaluate(schema: &Value, rules: &RuleNode, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-    let mut causes = Vec::new();
+    let run = || evaluate_here(schema, rules, obj, old);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(run)
+        }
+        _ => run(),
+    }
+}
+
+fn evaluate_here(schema: &Value, rules: &RuleNode, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut run = Run {
+        causes: Vec::new(),
+        remaining: RUNTIME_CEL_COST_BUDGET,
+        exhausted: false,
+    };
     let Some(env) = env() else {
-        return causes;
+        return run.causes;
     };
     if !rules.rules.is_empty() {
         let visible = |o: &Value| {
@@ -422,11 +482,11 @@ pub fn evaluate(schema: &Value, rules: &RuleNode, obj: &Value, old: Option<&Valu
             &visible(obj),
             old_visible.as_ref(),
             "<nil>",
-            &mut causes,
+            &mut run,
         );
     }
-    walk_children(&env, schema, rules, obj, old, "", &mut causes);
-    causes
+    walk_children(&env, schema, rules, obj, old, "", &mut run);
+    run.causes
 }
 
 fn child_path(path: &str, key: &str) -> String {
@@ -444,13 +504,13 @@ fn walk(
     v: &Value,
     old: Option<&Value>,
     path: &str,
-    causes: &mut Vec<Cause>,
+    run: &mut Run,
 ) {
-    if v.is_null() {
+    if v.is_null() || run.exhausted {
         return;
     }
-    run_rules(env, schema, &rules.rules, v, old, path, causes);
-    walk_children(env, schema, rules, v, old, path, causes);
+    run_rules(env, schema, &rules.rules, v, old, path, run);
+    walk_children(env, schema, rules, v, old, path, run);
 }
 
 fn walk_children(
@@ -460,7 +520,7 @@ fn walk_children(
     v: &Value,
     old: Option<&Value>,
     path: &str,
-    causes: &mut Vec<Cause>,
+    run: &mut Run,
 ) {
     match v {
         Value::Object(map) => {
@@ -476,7 +536,7 @@ fn walk_children(
                         child,
                         old_child,
                         &child_path(path, k),
-                        causes,
+                        run,
                     );
                 }
             }
@@ -492,7 +552,7 @@ fn walk_children(
                         child,
                         old_child,
                         &format!("{path}[{k}]"),
-                        causes,
+                        run,
                     );
                 }
             }
@@ -517,7 +577,7 @@ fn walk_children(
                         item,
                         old_item,
                         &format!("{path}[{i}]"),
-                        causes,
+                        run,
                     );
                 }
             }
@@ -548,9 +608,9 @@ fn run_rules(
     v: &Value,
     old: Option<&Value>,
     path: &str,
-    causes: &mut Vec<Cause>,
+    run: &mut Run,
 ) {
-    if rules.is_empty() {
+    if rules.is_empty() || run.exhausted {
         return;
     }
     let type_name = schema
@@ -564,9 +624,28 @@ fn run_rules(
     if let Some(o) = &old_cel {
         ctx.add_variable_from_value("oldSelf", o.clone());
     }
+    let self_shape = Shape::of_value(v);
+    let old_shape = old.map_or(Shape::Scalar, Shape::of_value);
     for rule in rules {
         if rule.transition && old_cel.is_none() {
             continue;
+        }
+        let cost = rule_cost(&rule.program, &self_shape, &old_shape);
+        if cost > PER_CALL_LIMIT {
+            // As cel-go cancels the call at the limit: no further rule runs.
+            run.causes.push(Cause::invalid(
+                path.to_string(),
+                &shown_type,
+                format!(
+                    "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {}",
+                    rule.error_string
+                ),
+            ));
+            run.exhausted = true;
+            return;
+        }
+        if !run.spend(cost, path, &shown_type) {
+            return;
         }
         let result = rule.program.execute(&ctx);
         let failed_path = if rule.field_path.is_empty() {
@@ -588,6 +667,7 @@ fn run_rules(
                 let message = rule
                     .message_expression
                     .as_ref()
+                    .filter(|m| rule_cost(m, &self_shape, &old_shape) <= PER_CALL_LIMIT)
                     .and_then(|m| match m.execute(&ctx) {
                         Ok(cel::Value::String(s)) if !s.trim().is_empty() && !s.contains('\n') => {
                             Some(s.trim().to_string())
@@ -595,7 +675,7 @@ fn run_rules(
                         _ => None,
                     })
                     .unwrap_or_else(|| rule.message.clone());
-                causes.push(match rule.reason.as_str() {
+                run.causes.push(match rule.reason.as_str() {
                     "FieldValueForbidden" => Cause::forbidden(failed_path, message),
                     "FieldValueRequired" => Cause::required(failed_path, message),
                     "FieldValueDuplicate" => Cause::duplicate(failed_path, &shown_type),
@@ -605,7 +685,8 @@ fn run_rules(
             Err(e) => {
                 let mut detail = String::new();
                 let _ = write!(detail, "{e} evaluating rule: {}", rule.rule);
-                causes.push(Cause::invalid(path.to_string(), &shown_type, detail));
+                run.causes
+                    .push(Cause::invalid(path.to_string(), &shown_type, detail));
             }
         }
     }
@@ -648,6 +729,585 @@ fn to_cel(schema: &Value, v: &Value) -> cel::Value {
                 .collect();
             cel::Value::Map(Map { map: Arc::new(out) })
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cost: the `cel` crate has no cost tracker, so costs are estimated from the expression tree
+// and the sizes of the values it reads (after cel-go's cost model: one unit per node, string
+// and list operations a tenth of a unit per byte or element, comprehensions their body's cost
+// times their range's size). At CRD creation the sizes come from the schema (`maxItems`,
+// `maxLength`, `maxProperties`, else what fits in a request); per request they come from the
+// object itself, and a rule whose estimate exceeds its budget is not run.
+// ---------------------------------------------------------------------------------------------
+
+/// The largest request body (kube-apiserver's `MaxRequestSizeBytes`): what bounds unbounded
+/// lists, maps and strings in the static estimate.
+pub const MAX_REQUEST_SIZE_BYTES: f64 = 3_145_728.0;
+/// Upstream's `StaticEstimatedCostLimit`: one expression's estimated cost.
+pub const STATIC_ESTIMATED_COST_LIMIT: f64 = 10_000_000.0;
+/// Upstream's `StaticEstimatedCRDCostLimit`: every rule of a schema, each times the number of
+/// times it may run.
+pub const STATIC_ESTIMATED_CRD_COST_LIMIT: f64 = 100_000_000.0;
+/// Upstream's `PerCallLimit`: one evaluation of one rule.
+pub const PER_CALL_LIMIT: f64 = 1_000_000.0;
+/// Upstream's `RuntimeCELCostBudget`: every rule evaluation of one request together.
+pub const RUNTIME_CEL_COST_BUDGET: f64 = 10_000_000.0;
+
+/// What the estimate knows about a value: its kind and largest size.
+#[derive(Debug, Clone, PartialEq)]
+enum Shape {
+    /// A number, bool, null, or anything whose size does not matter.
+    Scalar,
+    /// A string of at most this many bytes.
+    Str(f64),
+    /// A list of at most `len` items, each at most `item`.
+    List { len: f64, item: Box<Shape> },
+    /// An object or map of at most `len` entries: named properties, and any other entry.
+    Obj {
+        len: f64,
+        key_len: f64,
+        props: HashMap<String, Shape>,
+        other: Box<Shape>,
+    },
+}
+
+impl Shape {
+    fn size(&self) -> f64 {
+        match self {
+            Shape::Scalar => 1.0,
+            Shape::Str(n) => *n,
+            Shape::List { len, .. } | Shape::Obj { len, .. } => *len,
+        }
+    }
+
+    /// What a comprehension's variable ranges over: list items, or map keys.
+    fn element(&self) -> Shape {
+        match self {
+            Shape::List { item, .. } => (**item).clone(),
+            Shape::Obj { key_len, .. } => Shape::Str(*key_len),
+            _ => Shape::Scalar,
+        }
+    }
+
+    /// Any value of a list or map.
+    fn any_value(&self) -> Shape {
+        match self {
+            Shape::List { item, .. } => (**item).clone(),
+            Shape::Obj { props, other, .. } => props
+                .values()
+                .cloned()
+                .fold((**other).clone(), Shape::merge),
+            _ => Shape::Scalar,
+        }
+    }
+
+    fn field(&self, name: &str) -> Shape {
+        match self {
+            Shape::Obj { props, other, .. } => props
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| (**other).clone()),
+            _ => Shape::Scalar,
+        }
+    }
+
+    /// The smallest shape covering both.
+    fn merge(self, other: Shape) -> Shape {
+        match (self, other) {
+            (Shape::Str(a), Shape::Str(b)) => Shape::Str(a.max(b)),
+            (Shape::List { len: a, item: x }, Shape::List { len: b, item: y }) => Shape::List {
+                len: a.max(b),
+                item: Box::new(x.merge(*y)),
+            },
+            (
+                Shape::Obj {
+                    len: a,
+                    key_len: ka,
+                    props: mut pa,
+                    other: oa,
+                },
+                Shape::Obj {
+                    len: b,
+                    key_len: kb,
+                    props: pb,
+                    other: ob,
+                },
+            ) => {
+                for (k, v) in pb {
+                    let merged = match pa.remove(&k) {
+                        Some(mine) => mine.merge(v),
+                        None => v,
+                    };
+                    pa.insert(k, merged);
+                }
+                Shape::Obj {
+                    len: a.max(b),
+                    key_len: ka.max(kb),
+                    props: pa,
+                    other: Box::new(oa.merge(*ob)),
+                }
+            }
+            (Shape::Scalar, x) | (x, Shape::Scalar) => x,
+            // Different kinds: the larger.
+            (x, y) => {
+                if x.size() >= y.size() {
+                    x
+                } else {
+                    y
+                }
+            }
+        }
+    }
+
+    /// The largest value a schema allows, as upstream estimates it: declared maxima, else
+    /// as many of the smallest item as fit in a request.
+    fn of_schema(schema: &Value) -> Shape {
+        let max = |k: &str| schema.get(k).and_then(Value::as_f64);
+        match schema.get("type").and_then(Value::as_str) {
+            Some("string") => Shape::Str(max("maxLength").unwrap_or(MAX_REQUEST_SIZE_BYTES - 2.0)),
+            Some("array") => {
+                let items = schema.get("items").unwrap_or(&Value::Null);
+                let len = max("maxItems").unwrap_or_else(|| {
+                    (MAX_REQUEST_SIZE_BYTES - 2.0) / (min_serialized_size(items) + 1.0)
+                });
+                Shape::List {
+                    len,
+                    item: Box::new(Shape::of_schema(items)),
+                }
+            }
+            Some("object") => {
+                let props: HashMap<String, Shape> = schema
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .map(|p| {
+                        p.iter()
+                            .map(|(k, v)| (k.clone(), Shape::of_schema(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+                let len = match (max("maxProperties"), additional) {
+                    (Some(m), _) => m,
+                    (None, Some(a)) => {
+                        // `"k":v,` with the shortest key and value.
+                        (MAX_REQUEST_SIZE_BYTES - 2.0) / (min_serialized_size(a) + 4.0)
+                    }
+                    (None, None) => props.len() as f64,
+                };
+                let key_len = match additional {
+                    Some(_) => MAX_REQUEST_SIZE_BYTES,
+                    None => props.keys().map(|k| k.len() as f64).fold(0.0, f64::max),
+                };
+                Shape::Obj {
+                    len,
+                    key_len,
+                    props,
+                    other: Box::new(additional.map_or(Shape::Scalar, Shape::of_schema)),
+                }
+            }
+            _ if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+                || schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) =>
+            {
+                // Anything: as large as a request.
+                Shape::Str(MAX_REQUEST_SIZE_BYTES)
+            }
+            _ => Shape::Scalar,
+        }
+    }
+
+    /// The shape of one value: its own sizes, items merged.
+    fn of_value(v: &Value) -> Shape {
+        match v {
+            Value::String(s) => Shape::Str(s.len() as f64),
+            Value::Array(items) => Shape::List {
+                len: items.len() as f64,
+                item: Box::new(
+                    items
+                        .iter()
+                        .map(Shape::of_value)
+                        .fold(Shape::Scalar, Shape::merge),
+                ),
+            },
+            Value::Object(map) => Shape::Obj {
+                len: map.len() as f64,
+                key_len: map.keys().map(|k| k.len() as f64).fold(0.0, f64::max),
+                props: map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Shape::of_value(v)))
+                    .collect(),
+                other: Box::new(Shape::Scalar),
+            },
+            _ => Shape::Scalar,
+        }
+    }
+}
+
+/// The fewest bytes a value of a schema takes in JSON (upstream's minimum sizes).
+fn min_serialized_size(schema: &Value) -> f64 {
+    match schema.get("type").and_then(Value::as_str) {
+        Some("string") => {
+            2.0 + schema
+                .get("minLength")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0)
+        }
+        Some("boolean") => 4.0,
+        Some("object") | Some("array") => 2.0,
+        _ => 1.0,
+    }
+}
+
+/// A tenth of a unit per byte or element, rounded up, as cel-go charges traversals.
+fn traversal(size: f64) -> f64 {
+    (size * 0.1).ceil()
+}
+
+/// The estimated cost of an expression and the shape of its value, with `vars` bound.
+fn estimate(e: &IdedExpr, vars: &mut Vec<(String, Shape)>) -> (f64, Shape) {
+    match &e.expr {
+        Expr::Unspecified => (0.0, Shape::Scalar),
+        Expr::Literal(literal) => match literal {
+            cel::common::ast::LiteralValue::String(s) => (0.0, Shape::Str(s.len() as f64)),
+            _ => (0.0, Shape::Scalar),
+        },
+        Expr::Ident(name) => {
+            let shape = vars
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or(Shape::Scalar);
+            (1.0, shape)
+        }
+        Expr::Select(select) => {
+            let (cost, shape) = estimate(&select.operand, vars);
+            if select.test {
+                (cost + 1.0, Shape::Scalar)
+            } else {
+                (cost + 1.0, shape.field(&select.field))
+            }
+        }
+        Expr::List(list) => {
+            let mut cost = 10.0;
+            let mut item = Shape::Scalar;
+            for el in &list.elements {
+                let (c, s) = estimate(el, vars);
+                cost += c;
+                item = item.merge(s);
+            }
+            (
+                cost,
+                Shape::List {
+                    len: list.elements.len() as f64,
+                    item: Box::new(item),
+                },
+            )
+        }
+        Expr::Map(map) => {
+            let mut cost = 30.0;
+            for entry in &map.entries {
+                cost += entry_cost(&entry.expr, vars);
+            }
+            (
+                cost,
+                Shape::Obj {
+                    len: map.entries.len() as f64,
+                    key_len: MAX_REQUEST_SIZE_BYTES,
+                    props: HashMap::new(),
+                    other: Box::new(Shape::Str(MAX_REQUEST_SIZE_BYTES)),
+                },
+            )
+        }
+        Expr::Struct(st) => {
+            let mut cost = 40.0;
+            for entry in &st.entries {
+                cost += entry_cost(&entry.expr, vars);
+            }
+            (cost, Shape::Scalar)
+        }
+        Expr::Call(call) => estimate_call(call, vars),
+        Expr::Comprehension(c) => {
+            let (range_cost, range) = estimate(&c.iter_range, vars);
+            let (init_cost, init) = estimate(&c.accu_init, vars);
+            let n = range.size();
+            let depth = vars.len();
+            match &c.iter_var2 {
+                // Two variables: index or key, then value.
+                Some(second) => {
+                    let (first, value) = match &range {
+                        Shape::List { item, .. } => (Shape::Scalar, (**item).clone()),
+                        other => (other.element(), other.any_value()),
+                    };
+                    vars.push((c.iter_var.clone(), first));
+                    vars.push((second.clone(), value));
+                }
+                None => vars.push((c.iter_var.clone(), range.element())),
+            }
+            // The accumulator of `map`/`filter` grows by one mapped item per iteration.
+            let accu = match grown_item(&c.loop_step, &c.accu_var, vars) {
+                Some(item) => Shape::List {
+                    len: n,
+                    item: Box::new(item),
+                },
+                None => init,
+            };
+            vars.push((c.accu_var.clone(), accu));
+            let (cond_cost, _) = estimate(&c.loop_cond, vars);
+            let (step_cost, _) = estimate(&c.loop_step, vars);
+            let (result_cost, result) = estimate(&c.result, vars);
+            vars.truncate(depth);
+            let cost = range_cost + init_cost + n * (cond_cost + step_cost) + result_cost;
+            (cost, result)
+        }
+    }
+}
+
+fn entry_cost(e: &EntryExpr, vars: &mut Vec<(String, Shape)>) -> f64 {
+    match e {
+        EntryExpr::StructField(f) => estimate(&f.value, vars).0,
+        EntryExpr::MapEntry(m) => estimate(&m.key, vars).0 + estimate(&m.value, vars).0,
+    }
+}
+
+/// For a comprehension step `accu + [x]` (or `cond ? accu + [x] : accu`), the shape of `x`.
+fn grown_item(step: &IdedExpr, accu: &str, vars: &mut Vec<(String, Shape)>) -> Option<Shape> {
+    let Expr::Call(call) = &step.expr else {
+        return None;
+    };
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        ("_+_", [lhs, rhs]) if matches!(&lhs.expr, Expr::Ident(n) if n == accu) => {
+            match &rhs.expr {
+                Expr::List(list) => {
+                    let mut item = Shape::Scalar;
+                    for el in &list.elements {
+                        item = item.merge(estimate(el, vars).1);
+                    }
+                    Some(item)
+                }
+                _ => None,
+            }
+        }
+        ("_?_:_", [_, then, _]) => grown_item(then, accu, vars),
+        _ => None,
+    }
+}
+
+fn estimate_call(
+    call: &cel::common::ast::CallExpr,
+    vars: &mut Vec<(String, Shape)>,
+) -> (f64, Shape) {
+    let mut cost = 0.0;
+    let target = call.target.as_ref().map(|t| {
+        let (c, s) = estimate(t, vars);
+        cost += c;
+        s
+    });
+    let args: Vec<Shape> = call
+        .args
+        .iter()
+        .map(|a| {
+            let (c, s) = estimate(a, vars);
+            cost += c;
+            s
+        })
+        .collect();
+    // The receiver: `x.f(...)`, or the first argument of `f(x, ...)`.
+    let receiver = target.clone().or_else(|| args.first().cloned());
+    let receiver_size = receiver.as_ref().map_or(1.0, Shape::size);
+    let (own, shape) = match call.func_name.as_str() {
+        "size" | "_!_" | "!_" | "-_" | "_&&_" | "_||_" | "_<_" | "_<=_" | "_>_" | "_>=_"
+        | "_-_" | "_*_" | "_/_" | "_%_" | "int" | "uint" | "double" | "bool" | "type" | "has"
+        | "dyn" => (1.0, Shape::Scalar),
+        "_==_" | "_!=_" => {
+            let largest = args.iter().map(Shape::size).fold(1.0, f64::max);
+            (1.0 + traversal(largest), Shape::Scalar)
+        }
+        "@in" => {
+            let container = args.get(1).map_or(1.0, Shape::size);
+            (1.0 + container, Shape::Scalar)
+        }
+        "_[_]" | "_[?_]" => {
+            let shape = match (args.first(), args.get(1)) {
+                (Some(Shape::List { item, .. }), _) => (**item).clone(),
+                (Some(obj @ Shape::Obj { .. }), _) => obj.any_value(),
+                _ => Shape::Scalar,
+            };
+            (1.0, shape)
+        }
+        "_?_:_" => {
+            let merged = args
+                .get(1)
+                .cloned()
+                .unwrap_or(Shape::Scalar)
+                .merge(args.get(2).cloned().unwrap_or(Shape::Scalar));
+            (1.0, merged)
+        }
+        "_+_" => {
+            let total: f64 = args.iter().map(Shape::size).sum();
+            let shape = match (args.first(), args.get(1)) {
+                (Some(Shape::List { item: a, .. }), Some(Shape::List { item: b, .. })) => {
+                    Shape::List {
+                        len: total,
+                        item: Box::new((**a).clone().merge((**b).clone())),
+                    }
+                }
+                (Some(Shape::Str(_)), _) | (_, Some(Shape::Str(_))) => Shape::Str(total),
+                _ => Shape::Scalar,
+            };
+            (1.0 + traversal(total), shape)
+        }
+        "contains" | "startsWith" | "endsWith" | "indexOf" | "lastIndexOf" => {
+            (1.0 + traversal(receiver_size), Shape::Scalar)
+        }
+        "matches" => {
+            // A regular expression: the string's traversal times the pattern's.
+            let pattern = args.last().map_or(1.0, Shape::size);
+            (
+                1.0 + traversal(receiver_size) * traversal(pattern).max(1.0),
+                Shape::Scalar,
+            )
+        }
+        "split" => (
+            1.0 + traversal(receiver_size),
+            Shape::List {
+                len: receiver_size,
+                item: Box::new(Shape::Str(receiver_size)),
+            },
+        ),
+        "join" => {
+            let joined = match &receiver {
+                Some(Shape::List { len, item }) => len * (item.size() + 1.0),
+                _ => receiver_size,
+            };
+            (1.0 + traversal(joined), Shape::Str(joined))
+        }
+        "lowerAscii" | "upperAscii" | "trim" | "substring" | "charAt" | "reverse" | "string" => {
+            (1.0 + traversal(receiver_size), Shape::Str(receiver_size))
+        }
+        "replace" => {
+            let replacement = args.get(1).map_or(1.0, Shape::size);
+            let out = receiver_size * replacement.max(1.0);
+            (1.0 + traversal(out), Shape::Str(out))
+        }
+        "flatten" | "sort" | "distinct" | "slice" => (
+            1.0 + receiver_size,
+            match receiver {
+                Some(Shape::List { len, item }) => Shape::List {
+                    len: len * item.size().max(1.0),
+                    item: Box::new(item.element()),
+                },
+                _ => Shape::Scalar,
+            },
+        ),
+        _ => (1.0 + traversal(receiver_size), Shape::Scalar),
+    };
+    (cost + own, shape)
+}
+
+/// The estimated cost of one rule over values of these shapes.
+fn rule_cost(program: &Program, self_shape: &Shape, old_shape: &Shape) -> f64 {
+    let mut vars = vec![
+        ("self".to_string(), self_shape.clone()),
+        ("oldSelf".to_string(), old_shape.clone()),
+    ];
+    estimate(program.expression(), &mut vars).0
+}
+
+/// Upstream's wording of an estimate over its limit.
+fn cost_error_message(cost_name: &str, cost: f64, limit: f64) -> String {
+    let factor = cost / limit;
+    let shown = if factor > 100.0 {
+        "more than 100x".to_string()
+    } else if factor < 1.5 {
+        format!("{factor:.6}x")
+    } else {
+        format!("{factor:.1}x")
+    };
+    format!(
+        "{cost_name} exceeds budget by factor of {shown} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
+    )
+}
+
+/// The static cost check of a CRD version's rules, as kube-apiserver's CRD validation: each
+/// rule's (and messageExpression's) estimate at most [`STATIC_ESTIMATED_COST_LIMIT`], and the
+/// sum of every rule's estimate times the number of times it may run (the product of the
+/// sizes of the lists and maps above it) at most [`STATIC_ESTIMATED_CRD_COST_LIMIT`]. Fields
+/// are below the schema, as [`compile`]'s.
+pub fn cost_causes(schema: &Value, rules: &RuleNode) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let mut total = Vec::new();
+    static_costs(schema, rules, "", 1.0, &mut causes, &mut total);
+    let sum: f64 = total.iter().map(|(_, c)| c).sum();
+    if sum > STATIC_ESTIMATED_CRD_COST_LIMIT {
+        total.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Upstream names the rules that contribute most (at most four).
+        for (field, _) in total.iter().take(4) {
+            causes.push(Cause::forbidden(
+                field.clone(),
+                "contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3 schema",
+            ));
+        }
+        causes.push(Cause::forbidden(
+            "",
+            cost_error_message(
+                "x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema",
+                sum,
+                STATIC_ESTIMATED_CRD_COST_LIMIT,
+            ),
+        ));
+    }
+    causes
+}
+
+fn static_costs(
+    schema: &Value,
+    rules: &RuleNode,
+    path: &str,
+    cardinality: f64,
+    causes: &mut Vec<Cause>,
+    total: &mut Vec<(String, f64)>,
+) {
+    let shape = Shape::of_schema(schema);
+    for rule in &rules.rules {
+        let at = format!("{path}.x-kubernetes-validations[{}]", rule.index);
+        let cost = rule_cost(&rule.program, &shape, &shape);
+        if cost > STATIC_ESTIMATED_COST_LIMIT {
+            causes.push(Cause::forbidden(
+                format!("{at}.rule"),
+                cost_error_message("estimated rule cost", cost, STATIC_ESTIMATED_COST_LIMIT),
+            ));
+        }
+        if let Some(m) = &rule.message_expression {
+            let cost = rule_cost(m, &shape, &shape);
+            if cost > STATIC_ESTIMATED_COST_LIMIT {
+                causes.push(Cause::forbidden(
+                    format!("{at}.messageExpression"),
+                    cost_error_message(
+                        "estimated messageExpression cost",
+                        cost,
+                        STATIC_ESTIMATED_COST_LIMIT,
+                    ),
+                ));
+            }
+        }
+        total.push((format!("{at}.rule"), cost * cardinality));
+    }
+    for (k, sub_rules) in &rules.properties {
+        if let Some(sub) = schema.get("properties").and_then(|p| p.get(k)) {
+            let child = format!("{path}.properties[{k}]");
+            static_costs(sub, sub_rules, &child, cardinality, causes, total);
+        }
+    }
+    if let (Some(sub_rules), Some(sub)) = (&rules.additional, schema.get("additionalProperties")) {
+        let n = shape.size().max(1.0);
+        let child = format!("{path}.additionalProperties");
+        static_costs(sub, sub_rules, &child, cardinality * n, causes, total);
+    }
+    if let (Some(sub_rules), Some(sub)) = (&rules.items, schema.get("items")) {
+        let n = shape.size().max(1.0);
+        let child = format!("{path}.items");
+        static_costs(sub, sub_rules, &child, cardinality * n, causes, total);
     }
 }
 
@@ -767,5 +1427,71 @@ mod tests {
                 ".properties[spec].x-kubernetes-validations[1].rule"
             ]
         );
+    }
+    fn nested(max_items: Option<u64>) -> Value {
+        let mut items = json!({"type": "array", "items": {"type": "string", "maxLength": 8}});
+        if let Some(max) = max_items {
+            items["maxItems"] = json!(max);
+        }
+        json!({"type": "object", "properties": {"spec": {"type": "object",
+            "properties": {"items": items},
+            "x-kubernetes-validations": [{"rule": "self.items.all(a, self.items.all(b, a == b || a != b))"}]}}})
+    }
+
+    #[test]
+    fn static_costs_follow_the_schemas_bounds() -> Result<(), String> {
+        let unbounded = nested(None);
+        let rules = compile(&unbounded)
+            .map_err(|c| format!("{c:?}"))?
+            .ok_or("no rules")?;
+        let texts: Vec<String> = cost_causes(&unbounded, &rules)
+            .iter()
+            .map(Cause::to_text)
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                ".properties[spec].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)",
+                ".properties[spec].x-kubernetes-validations[0].rule: Forbidden: contributed to estimated rule cost total exceeding cost limit for entire OpenAPIv3 schema",
+                ": Forbidden: x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"
+            ]
+        );
+        let bounded = nested(Some(500));
+        let rules = compile(&bounded)
+            .map_err(|c| format!("{c:?}"))?
+            .ok_or("no rules")?;
+        assert_eq!(cost_causes(&bounded, &rules), vec![]);
+        Ok(())
+    }
+
+    #[test]
+    fn runtime_costs_follow_the_objects_sizes() -> Result<(), String> {
+        let s = nested(Some(500));
+        let rules = compile(&s)
+            .map_err(|c| format!("{c:?}"))?
+            .ok_or("no rules")?;
+        let small = json!({"spec": {"items": ["a", "b"]}});
+        assert_eq!(evaluate(&s, &rules, &small, None), vec![]);
+        let items: Vec<String> = (0..500).map(|i| format!("i{i}")).collect();
+        let big = json!({"spec": {"items": items}});
+        let texts: Vec<String> = evaluate(&s, &rules, &big, None)
+            .iter()
+            .map(Cause::to_text)
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "spec: Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: self.items.all(a, self.items.all(b, a == b || a != b))"
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn upstream_words_the_factor_by_its_size() {
+        let m = |cost: f64| cost_error_message("estimated rule cost", cost, 10.0);
+        assert!(m(12.0).contains("factor of 1.200000x"));
+        assert!(m(25.0).contains("factor of 2.5x"));
+        assert!(m(5000.0).contains("factor of more than 100x"));
     }
 }

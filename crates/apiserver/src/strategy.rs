@@ -32,8 +32,39 @@ fn fold_string_data(obj: &mut Value) {
     }
 }
 
+fn is_binding(def: &ResourceDef) -> bool {
+    def.group == crate::rbac::policy::GROUP
+        && (def.kind == "RoleBinding" || def.kind == "ClusterRoleBinding")
+}
+
+/// A binding's `roleRef` with an omitted or empty `apiGroup` defaulted to
+/// `rbac.authorization.k8s.io`, as upstream's v1 defaulting does (`None` when absent).
+pub fn defaulted_role_ref(role_ref: Option<&Value>) -> Option<Value> {
+    let mut role_ref = role_ref?.clone();
+    if let Some(r) = role_ref.as_object_mut()
+        && r.get("apiGroup")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        r.insert("apiGroup".into(), json!(crate::rbac::policy::GROUP));
+    }
+    Some(role_ref)
+}
+
+/// Defaults a binding's `roleRef.apiGroup` in place (decoding defaults it upstream, so every
+/// write path, and the escalation check, sees the defaulted value).
+pub fn default_role_ref(def: &ResourceDef, obj: &mut Value) {
+    if is_binding(def)
+        && let Some(o) = obj.as_object_mut()
+        && let Some(role_ref) = defaulted_role_ref(o.get("roleRef"))
+    {
+        o.insert("roleRef".into(), role_ref);
+    }
+}
+
 /// Fills in what kube-apiserver fills in on create.
 pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
+    default_role_ref(def, obj);
     if is(def, "", "Namespace") {
         let fins = obj
             .pointer("/spec/finalizers")
@@ -76,6 +107,7 @@ pub fn prepare_update(
     mut next: Value,
     subresource: Option<&str>,
 ) -> Value {
+    default_role_ref(def, &mut next);
     if is(def, "", "Namespace") {
         let wanted = next.pointer("/spec/finalizers").cloned();
         match subresource {
@@ -210,27 +242,12 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
     } else if def.group == "rbac.authorization.k8s.io"
         && (def.kind == "RoleBinding" || def.kind == "ClusterRoleBinding")
     {
-        let role_ref = obj.get("roleRef");
-        let kind = role_ref.and_then(|r| r.get("kind")).and_then(Value::as_str);
-        let name = role_ref.and_then(|r| r.get("name")).and_then(Value::as_str);
-        let allowed: &[&str] = if def.kind == "RoleBinding" {
-            &["Role", "ClusterRole"]
-        } else {
-            &["ClusterRole"]
-        };
-        match kind.unwrap_or_default() {
-            k if allowed.contains(&k) => {}
-            k => causes.push(Cause::not_supported(
-                "roleRef.kind",
-                &json!(k),
-                &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            )),
-        }
-        if name.is_none_or(str::is_empty) {
-            causes.push(Cause::required("roleRef.name", ""));
-        }
+        causes.extend(crate::rbac::policy::role_ref_causes(
+            def.kind == "ClusterRoleBinding",
+            obj.get("roleRef"),
+        ));
         if let Some(old) = old
-            && old.get("roleRef") != obj.get("roleRef")
+            && defaulted_role_ref(old.get("roleRef")) != obj.get("roleRef").cloned()
         {
             causes.push(Cause::invalid(
                 "roleRef",
@@ -275,9 +292,34 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         .pointer("/spec/names/plural")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if group.is_empty() {
+    let group_errors = crate::validation::dns1123_subdomain(group);
+    if old.is_some() {
+        // The group is immutable (below), so it is judged once, on create: a CRD an older
+        // server stored in a group refused now can still lose its finalizers and go.
+    } else if group.is_empty() {
         causes.push(Cause::required("spec.group", ""));
+    } else if !group_errors.is_empty() {
+        causes.push(Cause::invalid(
+            "spec.group",
+            &json!(group),
+            group_errors.join(","),
+        ));
+    } else if !group.contains('.') {
+        causes.push(Cause::invalid(
+            "spec.group",
+            &json!(group),
+            "should be a domain with at least one dot",
+        ));
+    } else if crate::registry::is_builtin_group(group) {
+        // Upstream serves its own kinds before any CRD's; here a CRD in such a group could
+        // only shadow them, so it is refused.
+        causes.push(Cause::invalid(
+            "spec.group",
+            &json!(group),
+            "must not be a group the API server serves itself",
+        ));
     }
+    causes.extend(api_approval_causes(group, obj, old));
     if plural.is_empty() {
         causes.push(Cause::required("spec.names.plural", ""));
     }
@@ -338,12 +380,15 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
                     c.field = format!("spec.versions[{i}].schema.openAPIV3Schema{}", c.field);
                     c
                 }));
-                if let Err(bad_rules) = rules::compile(schema) {
-                    causes.extend(bad_rules.into_iter().map(|mut c| {
-                        c.field = format!("spec.versions[{i}].schema.openAPIV3Schema{}", c.field);
-                        c
-                    }));
-                }
+                let rule_causes = match rules::compile(schema) {
+                    Ok(Some(compiled)) => rules::cost_causes(schema, &compiled),
+                    Ok(None) => Vec::new(),
+                    Err(bad_rules) => bad_rules,
+                };
+                causes.extend(rule_causes.into_iter().map(|mut c| {
+                    c.field = format!("spec.versions[{i}].schema.openAPIV3Schema{}", c.field);
+                    c
+                }));
             } else {
                 causes.push(Cause::required(
                     format!("spec.versions[{i}].schema.openAPIV3Schema"),
@@ -369,6 +414,92 @@ fn validate_crd(obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     causes
+}
+
+const API_APPROVED: &str = "api-approved.kubernetes.io";
+
+/// Whether a group is one of the community's protected groups (`k8s.io`, `kubernetes.io` and
+/// their subdomains), whose CRDs need an API approval annotation.
+fn is_protected_community_group(group: &str) -> bool {
+    group == "k8s.io"
+        || group.ends_with(".k8s.io")
+        || group == "kubernetes.io"
+        || group.ends_with(".kubernetes.io")
+}
+
+#[derive(PartialEq, Eq)]
+enum Approval {
+    Missing,
+    Invalid,
+    Approved,
+    Bypassed,
+}
+
+fn approval_state(crd: &Value) -> Approval {
+    let value = crd
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(API_APPROVED))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if value.is_empty() {
+        Approval::Missing
+    } else if value.starts_with("unapproved") {
+        Approval::Bypassed
+    } else if is_approval_url(value) {
+        Approval::Approved
+    } else {
+        Approval::Invalid
+    }
+}
+
+/// Whether an approval annotation is a URL as kube-apiserver accepts one (Go's
+/// `url.ParseRequestURI` succeeds with a scheme and a host): `scheme://host...`, the scheme a
+/// letter then letters, digits, `+`, `-`, `.`, the host not empty, no control characters.
+fn is_approval_url(value: &str) -> bool {
+    if value.chars().any(char::is_control) {
+        return false;
+    }
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !host.is_empty()
+        && !host.contains(' ')
+}
+
+/// kube-apiserver's API approval check: a CRD in a protected community group needs
+/// `api-approved.kubernetes.io` set to a URL or a reason starting with "unapproved"; an update
+/// that leaves the approval state as it was passes.
+fn api_approval_causes(group: &str, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    if !is_protected_community_group(group) {
+        return Vec::new();
+    }
+    let state = approval_state(obj);
+    if old.is_some_and(|old| approval_state(old) == state) {
+        return Vec::new();
+    }
+    let field = format!("metadata.annotations[{API_APPROVED}]");
+    match state {
+        Approval::Approved | Approval::Bypassed => Vec::new(),
+        Approval::Missing => vec![Cause::required(
+            field,
+            format!(
+                "protected groups must have approval annotation {API_APPROVED:?}, see https://github.com/kubernetes/enhancements/pull/1111"
+            ),
+        )],
+        Approval::Invalid => vec![Cause::invalid(
+            field,
+            obj.pointer("/metadata/annotations")
+                .and_then(|a| a.get(API_APPROVED))
+                .unwrap_or(&Value::Null),
+            format!(
+                "protected groups must have approval annotation {API_APPROVED:?} with either a URL or a reason starting with \"unapproved\", see https://github.com/kubernetes/enhancements/pull/1111"
+            ),
+        )],
+    }
 }
 
 const OBJECT_META_FIELDS: &[&str] = &[

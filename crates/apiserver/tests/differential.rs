@@ -273,6 +273,52 @@ fn scenario() -> (Vec<Step>, Vec<Step>) {
                 json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "name": "r"}}),
             ),
         ),
+        step(
+            "role binding with a foreign roleRef apiGroup",
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/diff/rolebindings",
+            Some(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb"}, "roleRef": {"apiGroup": "example.com", "kind": "ClusterRole", "name": "../view"}}),
+            ),
+        ),
+        step(
+            "role binding without roleRef apiGroup is defaulted",
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/diff/rolebindings",
+            Some(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb-default"}, "roleRef": {"kind": "ClusterRole", "name": "view"}}),
+            ),
+        ),
+        step(
+            "CRD in a group without a dot",
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            Some(
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "configmaps.core"},
+                    "spec": {"group": "core", "scope": "Namespaced", "names": {"plural": "configmaps", "kind": "ConfigMap"},
+                        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+            ),
+        ),
+        step(
+            "CRD in a protected group without approval",
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            Some(
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.apps.k8s.io"},
+                    "spec": {"group": "apps.k8s.io", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+                        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+            ),
+        ),
+        step(
+            "CRD in a protected group with an invalid approval",
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            Some(
+                json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.apps.k8s.io", "annotations": {"api-approved.kubernetes.io": "/just/a/path"}},
+                    "spec": {"group": "apps.k8s.io", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+                        "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+            ),
+        ),
         // Unknown fields are dropped (1.20 has no fieldValidation; current Kubernetes warns by
         // default and drops them too).
         step(

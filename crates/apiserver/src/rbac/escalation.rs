@@ -130,9 +130,13 @@ impl Escalation {
                 Ok(())
             }
             Kind::RoleBinding | Kind::ClusterRoleBinding => {
-                let role_ref = next.get("roleRef");
+                // Checked as stored: an omitted apiGroup is defaulted first, as upstream
+                // decodes it; any other apiGroup asks for `bind` in that group, and validation
+                // then refuses the binding (422).
+                let role_ref = crate::strategy::defaulted_role_ref(next.get("roleRef"));
                 let ref_str = |field: &str| {
                     role_ref
+                        .as_ref()
                         .and_then(|r| r.get(field))
                         .and_then(Value::as_str)
                         .unwrap_or_default()

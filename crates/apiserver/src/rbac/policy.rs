@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::auth::UserInfo;
+use crate::error::Cause;
 use crate::request::{RequestTarget, ResourceRequest};
 use crate::storage::string_list;
 
@@ -245,7 +246,67 @@ enum RoleKey {
     Role(String),
 }
 
-fn role_key(role_ref: Option<&Value>) -> Option<RoleKey> {
+/// The API group of the roles a binding may reference.
+pub const GROUP: &str = "rbac.authorization.k8s.io";
+
+/// What is wrong with a binding's `roleRef`, worded as kube-apiserver's RBAC validation:
+/// `apiGroup` must be `rbac.authorization.k8s.io`, `kind` Role or ClusterRole (a
+/// ClusterRoleBinding: ClusterRole only), `name` a valid path segment. Writes validate it
+/// after defaulting an omitted `apiGroup`; the authorizer honours only bindings without a
+/// cause, as stored (so a binding an older server stored without a valid roleRef grants
+/// nothing).
+pub fn role_ref_causes(cluster_binding: bool, role_ref: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let field = |name: &str| role_ref.and_then(|r| r.get(name));
+    let text = |name: &str| field(name).and_then(Value::as_str).unwrap_or_default();
+    if field("apiGroup").and_then(Value::as_str) != Some(GROUP) {
+        causes.push(Cause::not_supported(
+            "roleRef.apiGroup",
+            &serde_json::json!(text("apiGroup")),
+            &[GROUP.to_string()],
+        ));
+    }
+    let allowed: &[&str] = if cluster_binding {
+        &["ClusterRole"]
+    } else {
+        &["Role", "ClusterRole"]
+    };
+    let kind = text("kind");
+    if field("kind").and_then(Value::as_str).is_none() || !allowed.contains(&kind) {
+        causes.push(Cause::not_supported(
+            "roleRef.kind",
+            &serde_json::json!(kind),
+            &allowed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        ));
+    }
+    let name = text("name");
+    if name.is_empty() {
+        causes.push(Cause::required("roleRef.name", ""));
+    } else {
+        // Upstream's ValidateRBACName: a valid path segment.
+        let mut bad = Vec::new();
+        if name == "." || name == ".." {
+            bad.push(format!("may not be '{name}'"));
+        } else {
+            bad.extend(
+                ["/", "%"]
+                    .into_iter()
+                    .filter(|c| name.contains(c))
+                    .map(|c| format!("may not contain '{c}'")),
+            );
+        }
+        causes.extend(
+            bad.into_iter()
+                .map(|msg| Cause::invalid("roleRef.name", &serde_json::json!(name), msg)),
+        );
+    }
+    causes
+}
+
+fn role_key(cluster_binding: bool, role_ref: Option<&Value>) -> Option<RoleKey> {
+    if !role_ref_causes(cluster_binding, role_ref).is_empty() {
+        return None;
+    }
     let role_ref = role_ref?;
     let name = role_ref.get("name").and_then(Value::as_str)?.to_string();
     match role_ref.get("kind").and_then(Value::as_str)? {
@@ -302,7 +363,7 @@ fn parse(kind: &str, binding_ns: &str, value: &[u8]) -> Parsed {
     };
     match kind {
         "clusterroles" | "roles" => Parsed::Rules(PolicyRule::list_from(&obj).into()),
-        _ => match role_key(obj.get("roleRef")) {
+        _ => match role_key(kind == "clusterrolebindings", obj.get("roleRef")) {
             Some(role) => Parsed::Binding {
                 role,
                 subjects: subject_keys(&obj, binding_ns),
@@ -692,11 +753,25 @@ mod tests {
             ),
             (
                 "/registry/rbac.authorization.k8s.io/clusterrolebindings/devs-read",
-                json!({"roleRef": {"kind": "ClusterRole", "name": "reader"}, "subjects": [{"kind": "Group", "name": "dev"}]}),
+                json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"}, "subjects": [{"kind": "Group", "name": "dev"}]}),
             ),
             (
                 "/registry/rbac.authorization.k8s.io/rolebindings/x/robot-writes",
-                json!({"roleRef": {"kind": "Role", "name": "writer"}, "subjects": [{"kind": "ServiceAccount", "name": "robot"}]}),
+                json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"}, "subjects": [{"kind": "ServiceAccount", "name": "robot"}]}),
+            ),
+            // roleRefs that do not validate grant nothing: no or another apiGroup, a Role
+            // from a ClusterRoleBinding.
+            (
+                "/registry/rbac.authorization.k8s.io/rolebindings/y/no-group",
+                json!({"roleRef": {"kind": "ClusterRole", "name": "reader"}, "subjects": [{"kind": "User", "name": "stranger"}]}),
+            ),
+            (
+                "/registry/rbac.authorization.k8s.io/rolebindings/y/other-group",
+                json!({"roleRef": {"apiGroup": "example.com", "kind": "ClusterRole", "name": "reader"}, "subjects": [{"kind": "User", "name": "stranger"}]}),
+            ),
+            (
+                "/registry/rbac.authorization.k8s.io/clusterrolebindings/role-kind",
+                json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"}, "subjects": [{"kind": "User", "name": "stranger"}]}),
             ),
         ];
         let encoded: Vec<(String, Vec<u8>)> = objects
@@ -714,6 +789,7 @@ mod tests {
         assert_eq!(policy.rules_for(&robot, Some("y")).count(), 1);
         let stranger = UserInfo::new("stranger", &[]);
         assert_eq!(policy.rules_for(&stranger, Some("x")).count(), 0);
+        assert_eq!(policy.rules_for(&stranger, Some("y")).count(), 0);
     }
 
     #[test]
