@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use atoll_api::work::{AppliedWork, DeleteOption, DeletePropagationPolicy, WorkResourceIdentifier};
+use atoll_api::work::{
+    AppliedResourceMeta, AppliedWork, DeleteOption, DeletePropagationPolicy, WorkResourceIdentifier,
+};
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 
@@ -86,6 +88,20 @@ pub async fn applied_records(
     }
 }
 
+/// Records by name: the Work's name and every entry the record ever listed.
+type Known = BTreeMap<String, (String, Vec<AppliedResourceMeta>)>;
+
+fn remember(known: &mut Known, record: AppliedWork) {
+    let entry = known
+        .entry(record.name_any())
+        .or_insert_with(|| (record.spec.work_name.clone(), Vec::new()));
+    for applied in record.status.unwrap_or_default().applied_resources {
+        if !entry.1.iter().any(|a| a.uid == applied.uid) {
+            entry.1.push(applied);
+        }
+    }
+}
+
 /// Deletes from `member` what the Works of `removal.namespace` applied (as each Work's
 /// `deleteOption` says, or nothing under `keep_all`), then their AppliedWork records.
 /// `delete_options` holds each Work's option by name and `before` the records, both read
@@ -101,38 +117,36 @@ pub async fn remove_applied(
     let records: Api<AppliedWork> = Api::all(member.clone());
     let deadline = tokio::time::Instant::now() + removal.timeout;
     let mut removed = Removed::default();
-    let mut snapshot = Some(before);
+    // Every record seen (before the Works went, and since), by name, with every entry it ever
+    // listed: an applier cleaning up meanwhile drops entries and records as their objects go,
+    // and what it is still deleting must be waited for all the same.
+    let mut known: Known = BTreeMap::new();
+    for record in before {
+        remember(&mut known, record);
+    }
     loop {
-        // The records as they are now, and (the first time) as they were before the Works
-        // went: by name, the current one first.
-        let mut round: BTreeMap<String, AppliedWork> = BTreeMap::new();
-        for record in snapshot.take().unwrap_or_default() {
-            round.insert(record.name_any(), record);
-        }
         for record in applied_records(member, &removal.namespace).await? {
-            round.insert(record.name_any(), record);
+            remember(&mut known, record);
         }
         let mut pending: Vec<String> = Vec::new();
-        for record in round.into_values() {
+        let mut done: Vec<String> = Vec::new();
+        for (record_name, (work_name, resources)) in &known {
             let option = if removal.keep_all {
                 Some(DeleteOption {
                     propagation_policy: DeletePropagationPolicy::Orphan,
                     selectively_orphans: None,
                 })
             } else {
-                delete_options
-                    .get(&record.spec.work_name)
-                    .cloned()
-                    .flatten()
+                delete_options.get(work_name).cloned().flatten()
             };
             let mut left = 0;
-            for applied in record.status.clone().unwrap_or_default().applied_resources {
+            for applied in resources {
                 let what = describe(&applied.identifier);
                 if manifest::is_orphaned(option.as_ref(), &applied.identifier) {
                     removed.kept.insert(what);
                     continue;
                 }
-                match delete_exact_in(member, &applied).await? {
+                match delete_exact_in(member, applied).await? {
                     Deletion::Gone => {
                         removed.deleted.insert(what);
                     }
@@ -143,15 +157,16 @@ pub async fn remove_applied(
                 }
             }
             if left == 0 {
-                match records
-                    .delete(&record.name_any(), &DeleteParams::default())
-                    .await
-                {
+                match records.delete(record_name, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(e) => return Err(on_member("deleting an AppliedWork")(e).into()),
                 }
+                done.push(record_name.clone());
             }
+        }
+        for name in done {
+            known.remove(&name);
         }
         if pending.is_empty() {
             return Ok(removed);
