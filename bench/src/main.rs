@@ -28,7 +28,7 @@ use atoll_api::cluster_profile::{
     LABEL_CLUSTER_MANAGER, LABEL_MODE, MODE_PULL, MODE_PUSH,
 };
 use atoll_controllers::inventory::{
-    self, MEMBER_KUBECONFIG_KEY, MEMBER_KUBECONFIG_SECRET, cluster_namespace, pull,
+    self, MEMBER_KUBECONFIG_KEY, cluster_namespace, member_kubeconfig_secret, pull,
 };
 use base64::Engine;
 use clap::Parser;
@@ -487,8 +487,8 @@ async fn register(
     });
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(MEMBER_KUBECONFIG_SECRET.into()),
-            namespace: Some(namespace.clone()),
+            name: Some(member_kubeconfig_secret(&name)),
+            namespace: Some(inventory::DEFAULT_MANAGER_NAMESPACE.into()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
@@ -498,7 +498,7 @@ async fn register(
         ..Default::default()
     };
     if mode == Mode::Push {
-        Api::<Secret>::namespaced(hub.clone(), &namespace)
+        Api::<Secret>::namespaced(hub.clone(), inventory::DEFAULT_MANAGER_NAMESPACE)
             .create(&PostParams::default(), &secret)
             .await?;
     }

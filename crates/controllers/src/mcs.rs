@@ -1,6 +1,6 @@
 //! Multi-Cluster Services in push mode: the hub runs [`atoll_mcs`]'s aggregator, and for
-//! every push-mode cluster (an Atoll-managed ClusterProfile whose hub namespace holds the
-//! `member-kubeconfig` Secret) the member syncer, with the member's credentials and a hub
+//! every push-mode cluster (an Atoll-managed ClusterProfile whose member credentials the
+//! manager namespace holds) the member syncer, with the member's credentials and a hub
 //! client used only in that cluster's namespace: the same code the agent runs in pull mode.
 //!
 //! The set of syncers follows a watch on ClusterProfiles, one worker per profile, as the
@@ -146,7 +146,7 @@ async fn member_worker(
         // the credentials are read once it is there.
         match cache.get(&key).and_then(|p| profile_cluster_id(&p)) {
             None => debug!(cluster = %name, "MCS: no cluster ID yet"),
-            Some(cluster_id) => match member_from_secret(&hub, &namespace).await {
+            Some(cluster_id) => match member_from_secret(&hub, &manager_namespace, &name).await {
                 Ok(Some(member)) => break (member, cluster_id),
                 Ok(None) => debug!(cluster = %name, "MCS: no member credentials (pull mode?)"),
                 Err(error) => warn!(cluster = %name, %error, "MCS: member credentials unusable"),

@@ -67,15 +67,17 @@ pub async fn run_with(
         .boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listing: Vec<String> = Vec::new();
-    // Push-mode clusters whose profiles are live, and clusters whose namespace has held a Work.
-    let mut push_clusters: HashSet<String> = HashSet::new();
+    // Push-mode clusters whose profiles are live (with their manager namespace, where their
+    // credentials are), and clusters whose namespace has held a Work.
+    let mut push_clusters: HashMap<String, String> = HashMap::new();
     let mut with_works: HashSet<String> = HashSet::new();
-    let start = |workers: &mut HashMap<String, Worker>, name: &str| {
+    let start = |workers: &mut HashMap<String, Worker>, name: &str, manager_namespace: &str| {
         workers.entry(name.to_owned()).or_insert_with(|| {
             info!(cluster = %name, "starting the cluster's Work applier");
             let (stop, stopped) = oneshot::channel();
             let task = tokio::spawn(cluster_applier(
                 hub.clone(),
+                manager_namespace.to_owned(),
                 name.to_owned(),
                 config.clone(),
                 stopped,
@@ -96,9 +98,9 @@ pub async fn run_with(
                             .and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX).map(str::to_owned));
                         if let Some(cluster) = cluster
                             && with_works.insert(cluster.clone())
-                            && push_clusters.contains(&cluster)
+                            && let Some(manager_namespace) = push_clusters.get(&cluster)
                         {
-                            start(&mut workers, &cluster);
+                            start(&mut workers, &cluster, manager_namespace);
                         }
                     }
                     Some(Err(error)) => warn!(%error, "watching Works"),
@@ -123,10 +125,11 @@ pub async fn run_with(
                 if crate::inventory::is_pull_mode(profile) {
                     continue;
                 }
-                push_clusters.insert(name.clone());
+                let manager_namespace = profile.namespace().unwrap_or_default();
                 if with_works.contains(&name) {
-                    start(&mut workers, &name);
+                    start(&mut workers, &name, &manager_namespace);
                 }
+                push_clusters.insert(name.clone(), manager_namespace);
             }
             Event::Delete(profile) => {
                 let name = profile.name_any();
@@ -137,7 +140,7 @@ pub async fn run_with(
             }
             Event::Init => listing.clear(),
             Event::InitDone => {
-                push_clusters.retain(|name| listing.contains(name));
+                push_clusters.retain(|name, _| listing.contains(name));
                 let gone: Vec<String> = workers
                     .keys()
                     .filter(|name| !listing.contains(name))
@@ -186,6 +189,7 @@ fn retire(hub: Client, name: String, worker: Worker) {
 /// Waits for the member's credentials, then applies the cluster's Works until stopped.
 async fn cluster_applier(
     hub: Client,
+    manager_namespace: String,
     name: String,
     config: ApplierConfig,
     mut stopped: oneshot::Receiver<()>,
@@ -193,7 +197,7 @@ async fn cluster_applier(
     let namespace = cluster_namespace(&name);
     let mut delay = Duration::from_millis(500);
     let member = loop {
-        match work_member_from_secret(&hub, &namespace).await {
+        match work_member_from_secret(&hub, &manager_namespace, &name).await {
             Ok(Some(member)) => break member,
             Ok(None) => debug!(cluster = %name, "no member credentials yet"),
             Err(error) => warn!(cluster = %name, %error, "member credentials unusable"),

@@ -452,6 +452,7 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
             name: "east".into(),
             manager_namespace: DEFAULT_MANAGER_NAMESPACE.into(),
             force: false,
+            keep_workloads: false,
         },
     )
     .await?;

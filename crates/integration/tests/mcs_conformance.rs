@@ -471,6 +471,7 @@ async fn mcs_conformance_across_three_members() -> Result<()> {
             name: c2.name.clone(),
             manager_namespace: mcs_support::MANAGER_NAMESPACE.into(),
             force: false,
+            keep_workloads: false,
         },
     )
     .await?;

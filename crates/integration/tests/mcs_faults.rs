@@ -431,6 +431,7 @@ async fn mcs_converges_through_bad_input_and_faults() -> Result<()> {
             name: "c2".into(),
             manager_namespace: MANAGER_NAMESPACE.into(),
             force: false,
+            keep_workloads: false,
         },
     )
     .await?;

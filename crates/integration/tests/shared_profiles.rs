@@ -175,6 +175,7 @@ async fn the_hub_controllers_share_one_profile_watch() -> Result<()> {
             name: "c1".into(),
             manager_namespace: MANAGER_NAMESPACE.into(),
             force: false,
+            keep_workloads: false,
         },
     )
     .await?;

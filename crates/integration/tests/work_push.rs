@@ -99,6 +99,7 @@ async fn the_controller_applies_each_clusters_works_and_unjoin_releases_them() -
             name: "west".into(),
             manager_namespace: inventory::DEFAULT_MANAGER_NAMESPACE.into(),
             force: false,
+            keep_workloads: false,
         },
     )
     .await?;

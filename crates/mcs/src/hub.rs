@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
+use atoll_api::about::CLUSTER_ID_PROPERTY;
 use atoll_api::cluster_profile::{
     ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER, TAINT_NOT_READY,
     TAINT_UNREACHABLE,
@@ -110,13 +111,33 @@ pub struct Member {
     pub namespace: String,
     /// Whether its endpoints are served (no health taint).
     pub healthy: bool,
+    /// Its cluster ID, as its ClusterProfile records it: the source of every export and slice
+    /// in its namespace, whatever their `source-cluster` labels (which its member writes) say.
+    /// `None` while the profile records none, or when another joined cluster's profile
+    /// records the same ID (neither is believed): its exports are then left out.
+    pub cluster_id: Option<String>,
 }
 
 /// The joined clusters, by hub namespace, from the ClusterProfiles.
 pub fn members(profiles: &[Arc<ClusterProfile>], prefix: &str) -> BTreeMap<String, Member> {
-    profiles
+    let live: Vec<&Arc<ClusterProfile>> = profiles
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let id_of = |p: &ClusterProfile| {
+        p.status
+            .as_ref()?
+            .property(CLUSTER_ID_PROPERTY)
+            .map(|p| p.value.clone())
+            .filter(|id| !id.is_empty())
+    };
+    let mut claims: BTreeMap<String, usize> = BTreeMap::new();
+    for profile in &live {
+        if let Some(id) = id_of(profile) {
+            *claims.entry(id).or_default() += 1;
+        }
+    }
+    live.into_iter()
         .map(|p| {
             let namespace = format!("{prefix}{}", p.name_any());
             let healthy = !p
@@ -124,7 +145,21 @@ pub fn members(profiles: &[Arc<ClusterProfile>], prefix: &str) -> BTreeMap<Strin
                 .taints
                 .iter()
                 .any(|t| t.key == TAINT_UNREACHABLE || t.key == TAINT_NOT_READY);
-            (namespace.clone(), Member { namespace, healthy })
+            let cluster_id = id_of(p).filter(|id| {
+                let unique = claims.get(id).is_some_and(|n| *n == 1);
+                if !unique {
+                    warn!(cluster = %p.name_any(), %id, "another joined cluster records the same cluster ID; its exports are ignored");
+                }
+                unique
+            });
+            (
+                namespace.clone(),
+                Member {
+                    namespace,
+                    healthy,
+                    cluster_id,
+                },
+            )
         })
         .collect()
 }
@@ -203,12 +238,15 @@ impl Aggregator {
             let Some(member) = export.namespace().and_then(|ns| members.get(&ns)) else {
                 continue;
             };
+            // The source is the cluster whose namespace holds the export; its member wrote the
+            // `source-cluster` label and could name any cluster there.
+            let Some(cluster) = &member.cluster_id else {
+                continue;
+            };
             let labels = export.labels();
-            let (Some(namespace), Some(service), Some(cluster)) = (
-                labels.get(LABEL_NAMESPACE),
-                labels.get(LABEL_SERVICE),
-                labels.get(LABEL_SOURCE_CLUSTER),
-            ) else {
+            let (Some(namespace), Some(service)) =
+                (labels.get(LABEL_NAMESPACE), labels.get(LABEL_SERVICE))
+            else {
                 continue;
             };
             let shape = export
@@ -493,6 +531,45 @@ mod tests {
                 ("atoll-cluster-b", false),
                 ("atoll-cluster-c", false),
                 ("atoll-cluster-d", true)
+            ]
+        );
+    }
+
+    fn with_id(name: &str, id: &str) -> Arc<ClusterProfile> {
+        let mut profile = (*profile(name, &[])).clone();
+        profile.status = Some(atoll_api::cluster_profile::ClusterProfileStatus {
+            properties: vec![atoll_api::cluster_profile::Property {
+                name: CLUSTER_ID_PROPERTY.into(),
+                value: id.into(),
+                last_observed_time: None,
+            }],
+            ..Default::default()
+        });
+        Arc::new(profile)
+    }
+
+    #[test]
+    fn a_member_is_the_cluster_id_its_profile_records_unless_another_records_it_too() {
+        let members = members(
+            &[
+                with_id("a", "id-a"),
+                with_id("b", "id-shared"),
+                with_id("c", "id-shared"),
+                profile("d", &[]),
+            ],
+            "atoll-cluster-",
+        );
+        let ids: Vec<(&str, Option<&str>)> = members
+            .iter()
+            .map(|(ns, m)| (ns.as_str(), m.cluster_id.as_deref()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("atoll-cluster-a", Some("id-a")),
+                ("atoll-cluster-b", None),
+                ("atoll-cluster-c", None),
+                ("atoll-cluster-d", None)
             ]
         );
     }

@@ -108,7 +108,7 @@ fn on_hub(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WorkError {
     move |source| WorkError::Hub { action, source }
 }
 
-fn on_member(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WorkError {
+pub(crate) fn on_member(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WorkError {
     let action = action.into();
     move |source| WorkError::Member { action, source }
 }
@@ -855,26 +855,34 @@ async fn write_record(
 }
 
 /// What deleting one applied resource achieved.
-enum Deletion {
+pub(crate) enum Deletion {
     Gone,
     Pending,
 }
 
-fn api_for(ctx: &Ctx, id: &WorkResourceIdentifier) -> Api<DynamicObject> {
+fn api_in(member: &Client, id: &WorkResourceIdentifier) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk(&id.group, &id.version, &id.kind);
     let resource = ApiResource::from_gvk_with_plural(&gvk, &id.resource);
     if id.namespace.is_empty() {
-        Api::all_with(ctx.member.clone(), &resource)
+        Api::all_with(member.clone(), &resource)
     } else {
-        Api::namespaced_with(ctx.member.clone(), &id.namespace, &resource)
+        Api::namespaced_with(member.clone(), &id.namespace, &resource)
     }
 }
 
 /// Deletes exactly the object with the recorded uid, in the foreground (its dependents go
 /// first); anything else of that name is left alone.
 async fn delete_exact(ctx: &Ctx, applied: &AppliedResourceMeta) -> Result<Deletion, WorkError> {
+    delete_exact_in(&ctx.member, applied).await
+}
+
+/// [`delete_exact`] with only a member client (what `remove_applied` has).
+pub(crate) async fn delete_exact_in(
+    member: &Client,
+    applied: &AppliedResourceMeta,
+) -> Result<Deletion, WorkError> {
     let id = &applied.identifier;
-    let api = api_for(ctx, id);
+    let api = api_in(member, id);
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Foreground),
         preconditions: Some(Preconditions {

@@ -16,7 +16,9 @@
 //!   under `ReportDiff`, only reported);
 //! - records every applied resource with its uid in an `AppliedWork`, and deletes exactly those
 //!   uids when a manifest is removed or the Work is deleted (as `deleteOption` says), holding
-//!   the Work's deletion with the `FINALIZER_WORK_CLEANUP` finalizer until the member is clean.
+//!   the Work's deletion with the `FINALIZER_WORK_CLEANUP` finalizer until the member is clean;
+//! - [`remove_applied`] does that cleanup for every Work of a namespace at once, without an
+//!   applier (what unjoining a cluster does).
 //!
 //! Invariants:
 //! - Level-triggered and idempotent: on restart everything converges from the hub's Works,
@@ -30,6 +32,8 @@
 mod applier;
 pub mod diff;
 pub mod manifest;
+pub mod removal;
 pub mod status;
 
 pub use applier::{ApplierConfig, FIELD_MANAGER, WorkError, release_finalizers, run};
+pub use removal::{Removal, RemovalError, Removed, remove_applied};

@@ -14,7 +14,9 @@ use crate::connect::ClusterArgs;
 pub struct JoinArgs {
     /// The cluster's name on the hub.
     name: String,
-    /// The member cluster's kubeconfig.
+    /// The member cluster's kubeconfig. Only inline credentials are accepted (a token or a
+    /// client certificate and key, CA data): no exec or auth-provider plugins, no file paths
+    /// (`kubectl config view --minify --flatten --raw` embeds files).
     #[arg(long, value_name = "FILE")]
     cluster_kubeconfig: PathBuf,
     /// The context in the member's kubeconfig.
@@ -41,9 +43,14 @@ pub struct JoinArgs {
 pub struct UnjoinArgs {
     /// The cluster's name on the hub.
     name: String,
-    /// Clean the hub even when the member cannot be reached.
+    /// Clean the hub even when the member cannot be reached: Atoll's identities, its
+    /// ClusterProperties and CRDs, and what the Works applied then stay in the member.
     #[arg(long)]
     force: bool,
+    /// Leave in the member what the cluster's Works applied (orphan it) instead of deleting
+    /// it as each Work's deleteOption says.
+    #[arg(long)]
+    keep_workloads: bool,
     /// Hub namespace that holds ClusterProfiles.
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
@@ -105,24 +112,55 @@ pub async fn unjoin(args: UnjoinArgs) -> anyhow::Result<()> {
             name: args.name.clone(),
             manager_namespace: args.manager_namespace,
             force: args.force,
+            keep_workloads: args.keep_workloads,
         },
     )
     .await?;
+    println!("{}", unjoin_report(&args.name, &unjoined));
+    Ok(())
+}
+
+/// What unjoin says: exactly what was removed from the member and what was kept there.
+fn unjoin_report(name: &str, unjoined: &inventory::Unjoined) -> String {
     if unjoined.pull {
-        println!(
-            "cluster {} removed from the hub; its agent removes what it created in the member and exits once it notices",
-            args.name
-        );
-    } else if unjoined.member_cleaned {
-        println!(
-            "cluster {} unjoined; nothing of Atoll's is left in it",
-            args.name
-        );
-    } else {
-        println!(
-            "cluster {} removed from the hub; the member could not be cleaned",
-            args.name
+        return format!(
+            "cluster {name} removed from the hub; its agent removes what it created in the member and exits once it notices"
         );
     }
-    Ok(())
+    if !unjoined.member_cleaned {
+        return format!(
+            "cluster {name} removed from the hub; the member was not cleaned: Atoll's identities (namespace atoll-system, ClusterRoles atoll:hub and atoll:work), its ClusterProperties and CRDs, and everything the cluster's Works applied are still in it"
+        );
+    }
+    let mut report = format!(
+        "cluster {name} unjoined; removed from the member: Atoll's identities, its ClusterSet membership and the CRDs Atoll installed"
+    );
+    let listed = |objects: &std::collections::BTreeSet<String>| {
+        objects.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    let workloads = &unjoined.workloads;
+    if !workloads.deleted.is_empty() {
+        report.push_str(&format!(
+            ", and {} object(s) its Works applied ({})",
+            workloads.deleted.len(),
+            listed(&workloads.deleted)
+        ));
+    }
+    let mut kept = Vec::new();
+    if !workloads.kept.is_empty() {
+        kept.push(format!(
+            "{} object(s) its Works applied, now untracked ({})",
+            workloads.kept.len(),
+            listed(&workloads.kept)
+        ));
+    }
+    if unjoined.kept_cluster_property_crd {
+        kept.push("the ClusterProperty CRD, which Atoll did not install".to_owned());
+    }
+    if kept.is_empty() {
+        report.push_str("; nothing of Atoll's is left in it");
+    } else {
+        report.push_str(&format!("; kept: {}", kept.join("; ")));
+    }
+    report
 }

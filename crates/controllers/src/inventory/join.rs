@@ -39,6 +39,10 @@ pub enum JoinError {
     /// The member's kubeconfig could not be read or has no usable context.
     #[error("the member kubeconfig is not usable: {0}")]
     MemberKubeconfig(String),
+    /// The member's kubeconfig asks for more than inline credentials (a credential plugin, a
+    /// file, a proxy): refused, naming the field.
+    #[error(transparent)]
+    UnsafeKubeconfig(#[from] super::credentials::UnsafeKubeconfig),
     /// The member's API server did not answer.
     #[error(
         "cannot reach the member's API server at {server}: {source}. Check that it is reachable from here and that the kubeconfig's CA matches the server's certificate"
@@ -106,6 +110,19 @@ pub enum JoinError {
         name: String,
         /// The manager namespace searched.
         namespace: String,
+    },
+    /// What the cluster's Works applied could not be removed from the member.
+    #[error("removing what the cluster's Works applied: {0}")]
+    Workloads(#[from] atoll_work::RemovalError),
+    /// Unjoin could not clean the member (without `force`).
+    #[error(
+        "cluster {cluster:?} stays joined: the member could not be cleaned: {source}. Fix that and unjoin again, or run `atoll unjoin {cluster} --force` to remove it from the hub anyway, which leaves in the member Atoll's identities (namespace {MEMBER_NAMESPACE}, ClusterRoles {MEMBER_CLUSTER_ROLE} and {MEMBER_WORK_CLUSTER_ROLE}), its ClusterProperties and the CRDs it installed, and everything the cluster's Works applied there"
+    )]
+    MemberNotCleaned {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        source: Box<JoinError>,
     },
     /// A request to the member failed.
     #[error("member: {action}: {source}")]
@@ -181,6 +198,7 @@ enum Undo {
     MemberClusterRole,
     MemberClusterRoleBinding,
     HubNamespace(String),
+    HubSecret,
     HubProfile,
 }
 
@@ -301,24 +319,43 @@ async fn join_steps(
             options.manager_namespace
         )))?;
 
+    // The credentials live in the manager namespace, where tenants of the cluster's
+    // namespace have no binding.
     let ca_data = member_ca_data(options, &token)?;
     let kubeconfig = member_kubeconfig_yaml(&options.name, server, &ca_data, &token.token)?;
-    let mut secret = named::<Secret>(MEMBER_KUBECONFIG_SECRET, Some(&namespace));
+    let secret_name = member_kubeconfig_secret(&options.name);
+    let mut secret = named::<Secret>(&secret_name, Some(&options.manager_namespace));
     kubeutil::mark_managed(&mut secret, &cluster_labels);
     secret.type_ = Some("Opaque".into());
     secret.data = Some(BTreeMap::from([(
         MEMBER_KUBECONFIG_KEY.to_owned(),
         ByteString(kubeconfig.into_bytes()),
     )]));
-    let secrets: Api<Secret> = Api::namespaced(hub.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), &options.manager_namespace);
+    let existed = kubeutil::get_opt(&secrets, &secret_name)
+        .await
+        .map_err(on_hub("reading the member's credentials"))?
+        .is_some();
     secrets
         .patch(
-            MEMBER_KUBECONFIG_SECRET,
+            &secret_name,
             &PatchParams::apply(ATOLL_CLUSTER_MANAGER).force(),
             &Patch::Apply(&secret),
         )
         .await
         .map_err(on_hub("storing the member's credentials"))?;
+    if !existed {
+        undo.push(Undo::HubSecret);
+    }
+    // Where an older hub kept them, tenants could read them: gone.
+    delete_if_exists(
+        &Api::<Secret>::namespaced(hub.clone(), &namespace),
+        MEMBER_KUBECONFIG_SECRET,
+    )
+    .await
+    .map_err(on_hub(
+        "deleting the member's credentials from the cluster namespace",
+    ))?;
 
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &options.manager_namespace);
     let mut profile = ClusterProfile::new(
@@ -425,19 +462,17 @@ async fn member_client(
     Ok((client, config))
 }
 
+/// The one loader of member kubeconfigs, at join and in every controller: only inline
+/// credentials pass (see [`super::credentials`]), and only the entries of the context used
+/// reach kube's loader.
 async fn member_config(
     kubeconfig: &Kubeconfig,
     context: Option<String>,
 ) -> Result<Config, JoinError> {
-    Config::from_custom_kubeconfig(
-        kubeconfig.clone(),
-        &KubeConfigOptions {
-            context,
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
+    let inline = super::credentials::inline_only(kubeconfig, context.as_deref())?;
+    Config::from_custom_kubeconfig(inline, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
 }
 
 /// A client from the member's stored credentials. Every client built from the same Secret
@@ -786,9 +821,10 @@ async fn install_work_identity(
 /// impersonating `atoll-system/atoll-work`.
 pub async fn work_member_from_secret(
     hub: &Client,
-    cluster_namespace: &str,
+    manager_namespace: &str,
+    cluster: &str,
 ) -> Result<Option<Client>, JoinError> {
-    let Some(mut stored) = stored_kubeconfig(hub, cluster_namespace).await? else {
+    let Some(mut stored) = stored_kubeconfig(hub, manager_namespace, cluster).await? else {
         return Ok(None);
     };
     // Impersonation travels in request headers, so this client may share the connection.
@@ -819,14 +855,9 @@ fn member_ca_data(options: &JoinOptions, token: &MemberToken) -> Result<String, 
         .iter()
         .find(|c| Some(&c.name) == cluster_name.as_ref())
         .and_then(|c| c.cluster.as_ref());
+    // A CA file was refused when the member client was built (`member_config`).
     if let Some(data) = cluster.and_then(|c| c.certificate_authority_data.clone()) {
         return Ok(data);
-    }
-    if let Some(path) = cluster.and_then(|c| c.certificate_authority.clone()) {
-        let pem = std::fs::read(&path).map_err(|e| {
-            JoinError::MemberKubeconfig(format!("reading certificate-authority {path}: {e}"))
-        })?;
-        return Ok(base64::engine::general_purpose::STANDARD.encode(pem));
     }
     match &token.ca_crt {
         Some(pem) => Ok(base64::engine::general_purpose::STANDARD.encode(pem)),
@@ -893,6 +924,13 @@ async fn rollback(hub: &Client, member: &Client, options: &JoinOptions, undo: Ve
             Undo::HubNamespace(name) => {
                 delete_if_exists(&Api::<Namespace>::all(hub.clone()), name).await
             }
+            Undo::HubSecret => {
+                delete_if_exists(
+                    &Api::<Secret>::namespaced(hub.clone(), &options.manager_namespace),
+                    &member_kubeconfig_secret(&options.name),
+                )
+                .await
+            }
             Undo::HubProfile => {
                 delete_if_exists(
                     &Api::<ClusterProfile>::namespaced(hub.clone(), &options.manager_namespace),
@@ -916,7 +954,13 @@ pub struct UnjoinOptions {
     pub manager_namespace: String,
     /// Clean the hub even when the member cannot be reached (its objects are then left).
     pub force: bool,
+    /// Leave in the member what the cluster's Works applied (orphan it), rather than delete
+    /// it as each Work's `deleteOption` says.
+    pub keep_workloads: bool,
 }
+
+/// How long unjoin waits for the foreground deletion of what the cluster's Works applied.
+const WORKLOAD_REMOVAL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The result of an unjoin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -926,12 +970,18 @@ pub struct Unjoined {
     pub member_cleaned: bool,
     /// Whether the cluster was joined in pull mode.
     pub pull: bool,
+    /// What the cluster's Works had applied in the member: deleted, or kept (orphaned by a
+    /// `deleteOption` or `keep_workloads`). Empty when the member was not cleaned.
+    pub workloads: atoll_work::Removed,
+    /// Whether the member's ClusterProperty CRD stayed because Atoll did not install it.
+    pub kept_cluster_property_crd: bool,
 }
 
-/// Removes a cluster: everything Atoll created in the member (its identity, the ClusterSet
-/// membership, ClusterProperties and the CRD it installed) and on the hub (the cluster's
-/// namespace with its credentials, and the ClusterProfile). Objects Atoll did not create are
-/// left alone. Safe to repeat until it succeeds.
+/// Removes a cluster: what its Works applied in the member (as each Work's `deleteOption`
+/// says, or nothing with `keep_workloads`), everything Atoll created in the member (its
+/// identities, the ClusterSet membership, ClusterProperties and the CRDs it installed) and on
+/// the hub (the cluster's namespace with its Works, its credentials, and the ClusterProfile).
+/// Objects Atoll did not create are left alone. Safe to repeat until it succeeds.
 pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, JoinError> {
     let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &options.manager_namespace);
     let namespace = cluster_namespace(&options.name);
@@ -946,28 +996,42 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
     let hub_ns_live = hub_ns
         .as_ref()
         .is_some_and(|ns| ns.metadata.deletion_timestamp.is_none());
-    if profile.is_none() && !hub_ns_live {
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), &options.manager_namespace);
+    let secret_name = member_kubeconfig_secret(&options.name);
+    let has_secret = kubeutil::get_opt(&secrets, &secret_name)
+        .await
+        .map_err(on_hub("reading the member's credentials"))?
+        .is_some();
+    if profile.is_none() && !hub_ns_live && !has_secret {
         return Err(JoinError::NotJoined {
             name: options.name.clone(),
             namespace: options.manager_namespace.clone(),
         });
     }
+    let pull = profile
+        .as_ref()
+        .and_then(|p| p.metadata.labels.as_ref()?.get(LABEL_MODE))
+        .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL);
 
-    let member_cleaned = match member_from_secret(hub, &namespace).await {
-        Ok(Some(member)) => match clean_member(&member).await {
-            Ok(()) => true,
-            Err(error) if options.force => {
-                warn!(%error, "the member could not be cleaned; --force cleans the hub anyway");
-                false
-            }
-            Err(error) => return Err(error),
-        },
-        Ok(None) => false,
+    let works: Api<Work> = Api::namespaced(hub.clone(), &namespace);
+    let cleaned = if pull {
+        // The hub holds no credentials for a pull-mode member; its agent cleans it.
+        Ok(None)
+    } else {
+        clean_push_member(hub, options, &works).await
+    };
+    let cleaned = match cleaned {
+        Ok(cleaned) => cleaned,
         Err(error) if options.force => {
-            warn!(%error, "no usable member credentials; --force cleans the hub anyway");
-            false
+            warn!(%error, "the member could not be cleaned; --force cleans the hub anyway");
+            None
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            return Err(JoinError::MemberNotCleaned {
+                cluster: options.name.clone(),
+                source: Box::new(error),
+            });
+        }
     };
 
     if profile.as_ref().is_some_and(is_managed) {
@@ -975,6 +1039,9 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
             .await
             .map_err(on_hub("deleting the ClusterProfile"))?;
     }
+    delete_if_exists(&secrets, &secret_name)
+        .await
+        .map_err(on_hub("deleting the member's credentials"))?;
     if hub_ns.as_ref().is_some_and(is_managed) {
         delete_if_exists(&Api::<Namespace>::all(hub.clone()), &namespace)
             .await
@@ -982,30 +1049,108 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
     }
     // The cluster's Works must not hold the namespace's deletion waiting for a member that
     // is no longer Atoll's to clean.
-    atoll_work::release_finalizers(&Api::<Work>::namespaced(hub.clone(), &namespace))
+    atoll_work::release_finalizers(&works)
         .await
         .map_err(on_hub("releasing the cluster's Works"))?;
     // A pull-mode agent's renewal role lives outside the namespace.
     super::pull::remove_agent_rbac(hub, &options.name)
         .await
         .map_err(on_hub("deleting the agent's ClusterRole"))?;
-    let pull = profile
-        .as_ref()
-        .and_then(|p| p.metadata.labels.as_ref()?.get(LABEL_MODE))
-        .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL);
+    let member_cleaned = cleaned.is_some();
     info!(cluster = %options.name, member_cleaned, pull, "unjoined");
+    let (workloads, kept_cluster_property_crd) = cleaned.unwrap_or_default();
     Ok(Unjoined {
         member_cleaned,
         pull,
+        workloads,
+        kept_cluster_property_crd,
     })
 }
 
-/// A client for the member, from the credentials stored at join.
+/// Cleans a push-mode member: what the cluster's Works applied, then Atoll's footprint.
+/// `None` when the hub holds no credentials for it; else what happened to the Works' objects
+/// and whether the ClusterProperty CRD stayed (Atoll did not install it).
+async fn clean_push_member(
+    hub: &Client,
+    options: &UnjoinOptions,
+    works: &Api<Work>,
+) -> Result<Option<(atoll_work::Removed, bool)>, JoinError> {
+    let Some(stored) = stored_kubeconfig(hub, &options.manager_namespace, &options.name).await?
+    else {
+        return Ok(None);
+    };
+    let server = stored
+        .kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref()?.server.clone())
+        .unwrap_or_default();
+    let member = stored_member_client(stored).await?;
+    // Fail before touching anything when the member does not answer.
+    member
+        .apiserver_version()
+        .await
+        .map_err(|source| JoinError::MemberUnreachable { server, source })?;
+    let work_member = work_member_from_secret(hub, &options.manager_namespace, &options.name)
+        .await?
+        .ok_or_else(|| JoinError::MemberKubeconfig("the member's credentials vanished".into()))?;
+
+    // The Works go first, so that no applier applies again what is being deleted; their
+    // delete options and records are read before, since a Work without a finalizer goes at
+    // once and a running applier may clean up after a deleted one. With `keep_workloads`
+    // every Work orphans, also for an applier that cleans up meanwhile.
+    let records =
+        atoll_work::removal::applied_records(&work_member, &cluster_namespace(&options.name))
+            .await
+            .map_err(|e| JoinError::Workloads(e.into()))?;
+    let listed = match works.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(e) => return Err(on_hub("listing the cluster's Works")(e)),
+    };
+    let mut delete_options = BTreeMap::new();
+    for work in &listed {
+        let name = work.metadata.name.clone().unwrap_or_default();
+        if options.keep_workloads {
+            works
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({
+                        "spec": {"deleteOption": {"propagationPolicy": "Orphan"}}
+                    })),
+                )
+                .await
+                .map_err(on_hub(format!("orphaning Work {name}")))?;
+        }
+        delete_options.insert(name.clone(), work.spec.delete_option.clone());
+        delete_if_exists(works, &name)
+            .await
+            .map_err(on_hub(format!("deleting Work {name}")))?;
+    }
+    let removed = atoll_work::remove_applied(
+        &work_member,
+        &atoll_work::Removal {
+            namespace: cluster_namespace(&options.name),
+            keep_all: options.keep_workloads,
+            timeout: WORKLOAD_REMOVAL_TIMEOUT,
+        },
+        &delete_options,
+        records,
+    )
+    .await?;
+    let kept_crd = clean_member(&member).await?;
+    Ok(Some((removed, kept_crd)))
+}
+
+/// A client for the member, from the credentials stored at join (the Secret
+/// `member-kubeconfig-<cluster>` in the manager namespace).
 pub async fn member_from_secret(
     hub: &Client,
-    cluster_namespace: &str,
+    manager_namespace: &str,
+    cluster: &str,
 ) -> Result<Option<Client>, JoinError> {
-    match stored_kubeconfig(hub, cluster_namespace).await? {
+    match stored_kubeconfig(hub, manager_namespace, cluster).await? {
         Some(stored) => Ok(Some(stored_member_client(stored).await?)),
         None => Ok(None),
     }
@@ -1015,9 +1160,10 @@ pub async fn member_from_secret(
 /// connection of every client built from the same Secret.
 pub async fn member_http_from_secret(
     hub: &Client,
-    cluster_namespace: &str,
+    manager_namespace: &str,
+    cluster: &str,
 ) -> Result<Option<crate::client::MemberHttp>, JoinError> {
-    let Some(stored) = stored_kubeconfig(hub, cluster_namespace).await? else {
+    let Some(stored) = stored_kubeconfig(hub, manager_namespace, cluster).await? else {
         return Ok(None);
     };
     let config = member_config(&stored.kubeconfig, None).await?;
@@ -1032,29 +1178,48 @@ pub async fn member_http_from_secret(
 /// A member's kubeconfig as stored on the hub.
 struct StoredKubeconfig {
     kubeconfig: Kubeconfig,
-    /// Names the Secret's content (namespace, uid, resourceVersion): clients built from the
-    /// same content may share a connection; new credentials get a new one. `None` (no
+    /// Names the Secret's content (namespace, name, uid, resourceVersion): clients built from
+    /// the same content may share a connection; new credentials get a new one. `None` (no
     /// resourceVersion to tell versions apart): the client gets a connection of its own.
     transport_key: Option<String>,
 }
 
+/// The stored kubeconfig of `cluster`, checked to hold only inline credentials. One an older
+/// hub left in the cluster's namespace is moved to the manager namespace first (if it holds
+/// only inline credentials; otherwise it is refused and left where it is).
 async fn stored_kubeconfig(
     hub: &Client,
-    cluster_namespace: &str,
+    manager_namespace: &str,
+    cluster: &str,
 ) -> Result<Option<StoredKubeconfig>, JoinError> {
-    let secrets: Api<Secret> = Api::namespaced(hub.clone(), cluster_namespace);
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), manager_namespace);
+    let name = member_kubeconfig_secret(cluster);
     let permit = super::hub_request_permit().await;
-    let secret = kubeutil::get_opt(&secrets, MEMBER_KUBECONFIG_SECRET)
+    let secret = kubeutil::get_opt(&secrets, &name)
         .await
         .map_err(on_hub("reading the member's credentials"))?;
     drop(permit);
-    let Some(secret) = secret else {
-        return Ok(None);
+    let secret = match secret {
+        Some(secret) => secret,
+        None => match move_legacy_secret(hub, &secrets, cluster).await? {
+            Some(secret) => secret,
+            None => return Ok(None),
+        },
     };
     let transport_key = secret.metadata.resource_version.as_ref().map(|version| {
         let uid = secret.metadata.uid.as_deref().unwrap_or_default();
-        format!("{cluster_namespace}/{uid}/{version}")
+        format!("{manager_namespace}/{name}/{uid}/{version}")
     });
+    let kubeconfig = secret_kubeconfig(secret)?;
+    Ok(Some(StoredKubeconfig {
+        kubeconfig,
+        transport_key,
+    }))
+}
+
+/// The kubeconfig in a member-kubeconfig Secret, inline credentials only. Errors never quote
+/// the Secret's content.
+fn secret_kubeconfig(secret: Secret) -> Result<Kubeconfig, JoinError> {
     let bytes = secret
         .data
         .and_then(|mut d| d.remove(MEMBER_KUBECONFIG_KEY))
@@ -1062,15 +1227,57 @@ async fn stored_kubeconfig(
         .unwrap_or_default();
     let text = String::from_utf8(bytes)
         .map_err(|_| JoinError::MemberKubeconfig("the stored kubeconfig is not UTF-8".into()))?;
-    let kubeconfig = Kubeconfig::from_yaml(&text)
-        .map_err(|e| JoinError::MemberKubeconfig(format!("the stored kubeconfig: {e}")))?;
-    Ok(Some(StoredKubeconfig {
-        kubeconfig,
-        transport_key,
-    }))
+    let kubeconfig = Kubeconfig::from_yaml(&text).map_err(|_| {
+        JoinError::MemberKubeconfig("the stored kubeconfig is not a kubeconfig".into())
+    })?;
+    super::credentials::inline_only(&kubeconfig, None)?;
+    Ok(kubeconfig)
 }
 
-async fn clean_member(member: &Client) -> Result<(), JoinError> {
+/// Moves the member kubeconfig an older hub kept in the cluster's namespace into the manager
+/// namespace (level-triggered: whichever controller reads the credentials first does it), and
+/// returns the moved Secret. A legacy Secret that is not inline-only is refused, not moved.
+async fn move_legacy_secret(
+    hub: &Client,
+    secrets: &Api<Secret>,
+    cluster: &str,
+) -> Result<Option<Secret>, JoinError> {
+    let legacy_api: Api<Secret> = Api::namespaced(hub.clone(), &cluster_namespace(cluster));
+    let permit = super::hub_request_permit().await;
+    let legacy = kubeutil::get_opt(&legacy_api, MEMBER_KUBECONFIG_SECRET)
+        .await
+        .map_err(on_hub(
+            "reading the member's credentials in the cluster namespace",
+        ))?;
+    drop(permit);
+    let Some(legacy) = legacy else {
+        return Ok(None);
+    };
+    let data = legacy.data.clone();
+    secret_kubeconfig(legacy)?;
+    let name = member_kubeconfig_secret(cluster);
+    let mut moved = named::<Secret>(&name, None);
+    kubeutil::mark_managed(
+        &mut moved,
+        &BTreeMap::from([(LABEL_CLUSTER_NAME.to_owned(), cluster.to_owned())]),
+    );
+    moved.type_ = Some("Opaque".into());
+    moved.data = data;
+    let (stored, _) = ensure(secrets, &moved).await.map_err(on_hub(
+        "moving the member's credentials to the manager namespace",
+    ))?;
+    delete_if_exists(&legacy_api, MEMBER_KUBECONFIG_SECRET)
+        .await
+        .map_err(on_hub(
+            "deleting the member's credentials from the cluster namespace",
+        ))?;
+    info!(%cluster, "moved the member's credentials out of the cluster namespace");
+    Ok(Some(stored))
+}
+
+/// Removes Atoll's footprint from a member; true when the ClusterProperty CRD stays because
+/// Atoll did not install it (or other ClusterProperties still use it).
+async fn clean_member(member: &Client) -> Result<bool, JoinError> {
     // Membership goes first, so that a half-finished unjoin never leaves a cluster that claims
     // a ClusterSet it has left.
     let properties: Api<ClusterProperty> = Api::all(member.clone());
@@ -1094,6 +1301,7 @@ async fn clean_member(member: &Client) -> Result<(), JoinError> {
                 .map_err(on_member("deleting cluster.clusterset.k8s.io"))?;
         }
     }
+    let mut kept_crd = crd.is_some();
     if crd.as_ref().is_some_and(is_managed) {
         // Only when no ClusterProperty is left that someone else wrote.
         let remaining = properties
@@ -1104,9 +1312,11 @@ async fn clean_member(member: &Client) -> Result<(), JoinError> {
             delete_if_exists(&crds, &crd_name)
                 .await
                 .map_err(on_member("deleting the ClusterProperty CRD"))?;
+            kept_crd = false;
         }
     }
-    // Work records go with their CRD when Atoll installed it; what the Works applied stays.
+    // Work records go with their CRD when Atoll installed it (unjoin has removed what the
+    // records tracked, or orphaned it, before).
     delete_managed(&crds, &AppliedWork::crd().metadata.name.unwrap_or_default()).await?;
     // Last, the ClusterRole: it owns Atoll's namespace (with the identity in it) and binding,
     // which the member's garbage collector then removes. This request is the identity's last.
@@ -1115,7 +1325,7 @@ async fn clean_member(member: &Client) -> Result<(), JoinError> {
         MEMBER_CLUSTER_ROLE,
     )
     .await?;
-    Ok(())
+    Ok(kept_crd)
 }
 
 async fn delete_managed<K>(api: &Api<K>, name: &str) -> Result<(), JoinError>
@@ -1204,5 +1414,5 @@ pub async fn install_about_api(
 /// always (a non-member must not claim a ClusterSet), the cluster ID and the CRD only when
 /// Atoll created them, and the push-mode identity when there is one.
 pub async fn leave_member(member: &Client) -> Result<(), JoinError> {
-    clean_member(member).await
+    clean_member(member).await.map(|_| ())
 }

@@ -6,12 +6,14 @@
 //! `atoll-system/atoll-hub`, allowed to manage ClusterProperties and read health endpoints.
 //! For the Work applier it adds a second identity, `atoll-system/atoll-work`, which may do
 //! anything (Works carry arbitrary manifests) and which the hub's identity may only
-//! impersonate. On the hub it creates the cluster's namespace (its Works and credentials), the member's
-//! kubeconfig as a Secret there, and a ClusterProfile in the manager namespace.
+//! impersonate. On the hub it creates the cluster's namespace (its Works), and in the manager
+//! namespace the member's kubeconfig as a Secret (only inline credentials; see
+//! [`credentials`]) and a ClusterProfile; tenants of the cluster's namespace reach neither.
 //!
 //! Every step is safe to repeat, so an interrupted join is finished by joining again, and a
 //! join that fails removes what it created.
 
+pub mod credentials;
 mod join;
 mod names;
 pub mod profiles;
@@ -21,7 +23,8 @@ pub mod status;
 
 pub use join::{
     JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, install_about_api, join, leave_member,
-    member_from_secret, profile_cluster_id, resolve_cluster_id, unjoin, work_member_from_secret,
+    member_from_secret, member_http_from_secret, profile_cluster_id, resolve_cluster_id, unjoin,
+    work_member_from_secret,
 };
 pub use names::*;
 

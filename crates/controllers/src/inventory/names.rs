@@ -4,9 +4,13 @@
 pub const DEFAULT_MANAGER_NAMESPACE: &str = "atoll-system";
 /// Prefix of the per-cluster namespace on the hub.
 pub const CLUSTER_NAMESPACE_PREFIX: &str = "atoll-cluster-";
-/// Secret in the cluster's hub namespace that holds the member's kubeconfig.
+/// Where hubs before the credentials moved kept a member's kubeconfig: a Secret of this name
+/// in the cluster's hub namespace, which tenants of that namespace could read and write. A
+/// hub finds one there only after an upgrade, and moves it (see [`member_kubeconfig_secret`]).
 pub const MEMBER_KUBECONFIG_SECRET: &str = "member-kubeconfig";
-/// Key of the kubeconfig in [`MEMBER_KUBECONFIG_SECRET`].
+/// Prefix of the Secret, in the manager namespace, that holds a push-mode member's kubeconfig.
+pub const MEMBER_KUBECONFIG_SECRET_PREFIX: &str = "member-kubeconfig-";
+/// Key of the kubeconfig in a member-kubeconfig Secret.
 pub const MEMBER_KUBECONFIG_KEY: &str = "kubeconfig";
 /// Label on hub objects naming the member cluster they belong to.
 pub const LABEL_CLUSTER_NAME: &str = "atoll.io/cluster-name";
@@ -34,6 +38,13 @@ pub fn is_pull_mode(profile: &atoll_api::cluster_profile::ClusterProfile) -> boo
         .as_ref()
         .and_then(|labels| labels.get(atoll_api::cluster_profile::LABEL_MODE))
         .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL)
+}
+
+/// The Secret holding a push-mode member's kubeconfig. It lives in the manager namespace
+/// (`atoll-system`), beside the ClusterProfiles, where tenants of a cluster's namespace have
+/// no binding: only the hub's own identity reads or writes it.
+pub fn member_kubeconfig_secret(cluster: &str) -> String {
+    format!("{MEMBER_KUBECONFIG_SECRET_PREFIX}{cluster}")
 }
 
 /// The hub namespace of a member cluster.

@@ -424,7 +424,7 @@ async fn cluster_worker(
             }
         };
         if member.is_none() {
-            match member_http_from_secret(&hub, &cluster_namespace(&name)).await {
+            match member_http_from_secret(&hub, &manager_namespace, &name).await {
                 Ok(Some(http)) => {
                     properties = Some(Box::pin(property_watch::watch(http.clone())));
                     member = Some(http);

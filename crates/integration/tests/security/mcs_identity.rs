@@ -1,1 +1,255 @@
 //! Attacks: see the suite's module list in main.rs.
+//!
+//! The attacker controls one member (a compromised agent in pull mode, or whoever can write
+//! the member syncer's objects): it may write anything into its own cluster namespace on the
+//! hub, labels included. It must not be able to speak for another cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use atoll_api::about::CLUSTER_ID_PROPERTY;
+use atoll_api::cluster_profile::{
+    ATOLL_CLUSTER_MANAGER, ClusterManager, ClusterProfile, ClusterProfileSpec,
+    LABEL_CLUSTER_MANAGER,
+};
+use atoll_api::mcs::{LABEL_SOURCE_CLUSTER, ServiceExport, ServiceImport};
+use atoll_integration::eventually;
+use atoll_mcs::hub::HubConfig;
+use atoll_mcs::{
+    ANNOTATION_SERVICE, LABEL_NAMESPACE, LABEL_ROLE, LABEL_SERVICE, MANAGED_BY, ROLE_EXPORT,
+    ROLE_IMPORT,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const MANAGER: &str = "atoll-system";
+const PREFIX: &str = "atoll-cluster-";
+/// The honest cluster's ID sorts first, so it wins a tie of export ages.
+const VICTIM_ID: &str = "id-b-victim";
+const ATTACKER_ID: &str = "id-z-attacker";
+
+/// `atoll hub` in process, over memory, with Atoll's CRDs.
+struct InProcessHub {
+    _dir: tempfile::TempDir,
+    _server: atoll_apiserver::Hub,
+    client: Client,
+}
+
+async fn start_hub() -> Result<InProcessHub> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn atoll_store::Store> = Arc::new(atoll_store::memory::MemoryStore::new());
+    let server = atoll_apiserver::Hub::start(
+        store,
+        atoll_apiserver::HubConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse()?,
+            token_file: None,
+            extra_sans: vec![],
+            compaction_interval: None,
+        },
+    )
+    .await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&server.admin_kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = Client::try_from(config)?;
+    atoll_testbed::install_crds(&client, atoll_api::crds()?).await?;
+    Ok(InProcessHub {
+        _dir: dir,
+        _server: server,
+        client,
+    })
+}
+
+async fn namespace(hub: &Client, name: &str) -> Result<()> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.to_owned());
+    Api::<Namespace>::all(hub.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// A joined cluster as the hub records it: its namespace and its profile with its ID.
+async fn joined(hub: &Client, name: &str, id: &str) -> Result<()> {
+    namespace(hub, &format!("{PREFIX}{name}")).await?;
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), MANAGER);
+    let mut profile = ClusterProfile::new(
+        name,
+        ClusterProfileSpec {
+            display_name: None,
+            cluster_manager: ClusterManager {
+                name: ATOLL_CLUSTER_MANAGER.into(),
+            },
+            taints: vec![],
+        },
+    );
+    profile.metadata.labels = Some(BTreeMap::from([(
+        LABEL_CLUSTER_MANAGER.to_owned(),
+        ATOLL_CLUSTER_MANAGER.to_owned(),
+    )]));
+    profiles.create(&PostParams::default(), &profile).await?;
+    profiles
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"properties": [
+                {"name": CLUSTER_ID_PROPERTY, "value": id}
+            ]}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a member syncer publishes in its cluster namespace: the export of `default/web`
+/// claiming `claimed_source`, with one port, and one slice of one endpoint.
+async fn publish(
+    hub: &Client,
+    cluster: &str,
+    claimed_source: &str,
+    port: i32,
+    endpoint: &str,
+    slice_type: &ApiResource,
+) -> Result<()> {
+    let ns = format!("{PREFIX}{cluster}");
+    let labels = json!({
+        MANAGED_BY.0: MANAGED_BY.1,
+        LABEL_ROLE: ROLE_EXPORT,
+        LABEL_NAMESPACE: "default",
+        LABEL_SERVICE: "web",
+        LABEL_SOURCE_CLUSTER: claimed_source,
+    });
+    let shape = json!({
+        "exportCreated": "2024-01-01T00:00:00Z",
+        "ports": [{"name": "http", "protocol": "TCP", "port": port}],
+    });
+    let export: ServiceExport = serde_json::from_value(json!({
+        "apiVersion": "multicluster.x-k8s.io/v1beta1",
+        "kind": "ServiceExport",
+        "metadata": {"name": "default.web", "namespace": ns, "labels": labels,
+            "annotations": {ANNOTATION_SERVICE: shape.to_string()}},
+    }))?;
+    Api::<ServiceExport>::namespaced(hub.clone(), &ns)
+        .create(&PostParams::default(), &export)
+        .await?;
+    // The same slice name in both clusters: under a believed label, the attacker's slice
+    // would take the victim's import slice name.
+    let slice: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": slice_type.api_version,
+        "kind": "EndpointSlice",
+        "metadata": {"name": "default.web-1", "namespace": ns, "labels": labels},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [endpoint], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": port}],
+    }))?;
+    Api::<DynamicObject>::namespaced_with(hub.clone(), &ns, slice_type)
+        .create(&PostParams::default(), &slice)
+        .await?;
+    Ok(())
+}
+
+fn addresses(slice: &DynamicObject) -> Vec<String> {
+    slice.data["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Cluster A's member writes an export and a slice of `default/web` labelled as cluster B's
+/// (B's cluster ID in `source-cluster`, B's slice name). B's import slices keep only B's
+/// endpoints, A's endpoints are imported as A's, and the conflict is decided by the real IDs
+/// (B, whose ID sorts first, wins the port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_claiming_another_clusters_id_cannot_speak_for_it() -> Result<()> {
+    let hub = start_hub().await?;
+    let client = hub.client.clone();
+    namespace(&client, MANAGER).await?;
+    joined(&client, "victim", VICTIM_ID).await?;
+    joined(&client, "attacker", ATTACKER_ID).await?;
+    let slice_type = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("discovery.k8s.io", "v1", "EndpointSlice"),
+        "endpointslices",
+    );
+    publish(&client, "victim", VICTIM_ID, 80, "10.0.0.1", &slice_type).await?;
+    // The attack: the attacker's own namespace, the victim's identity.
+    publish(&client, "attacker", VICTIM_ID, 6666, "6.6.6.6", &slice_type).await?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let aggregator = tokio::spawn(atoll_mcs::hub::run(
+        HubConfig {
+            hub: client.clone(),
+            manager_namespace: MANAGER.into(),
+            cluster_namespace_prefix: PREFIX.into(),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    for cluster in ["victim", "attacker"] {
+        let ns = format!("{PREFIX}{cluster}");
+        let slices = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &slice_type);
+        let imports: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
+        let by_source = eventually(
+            Duration::from_secs(30),
+            "both clusters' slices imported",
+            async || {
+                let list = slices
+                    .list(&ListParams::default().labels(&format!("{LABEL_ROLE}={ROLE_IMPORT}")))
+                    .await?;
+                let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for slice in &list.items {
+                    let source = slice
+                        .labels()
+                        .get(LABEL_SOURCE_CLUSTER)
+                        .cloned()
+                        .unwrap_or_default();
+                    by_source
+                        .entry(source)
+                        .or_default()
+                        .extend(addresses(slice));
+                }
+                Ok((by_source.len() == 2).then_some(by_source))
+            },
+        )
+        .await?;
+        ensure!(
+            by_source.get(VICTIM_ID) == Some(&vec!["10.0.0.1".to_owned()]),
+            "{cluster}: the victim's imported endpoints are only its own: {by_source:?}"
+        );
+        ensure!(
+            by_source.get(ATTACKER_ID) == Some(&vec!["6.6.6.6".to_owned()]),
+            "{cluster}: the attacker's endpoints are imported as the attacker's: {by_source:?}"
+        );
+        let import = imports
+            .get("default.web")
+            .await
+            .context("the import of default/web")?;
+        let ports: Vec<i32> = import.spec.ports.iter().map(|p| p.port).collect();
+        ensure!(
+            ports == [80],
+            "{cluster}: the conflict is decided by the real IDs (the victim's port): {ports:?}"
+        );
+        let clusters: Vec<String> = import
+            .status
+            .unwrap_or_default()
+            .clusters
+            .into_iter()
+            .map(|c| c.cluster)
+            .collect();
+        ensure!(
+            clusters == [VICTIM_ID, ATTACKER_ID],
+            "{cluster}: status.clusters names each cluster by its real ID: {clusters:?}"
+        );
+    }
+    let _ = stop.send(());
+    aggregator.await?;
+    Ok(())
+}
