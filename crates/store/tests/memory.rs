@@ -15,6 +15,7 @@ async fn fresh() -> anyhow::Result<Fixture> {
             ring_capacity: 16,
             watcher_buffer: 8,
             history_chunk: 64,
+            ..WatchOptions::default()
         },
         retain_revisions: None,
     });
