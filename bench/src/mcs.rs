@@ -503,6 +503,8 @@ pub async fn dns(
             .arg("--kubeconfig")
             .arg(cluster.kubeconfig_path())
             .args(["--listen", &format!("127.0.0.1:{atoll_port}")])
+            // dnsperf floods from one address: measure throughput, not the rate limit.
+            .args(["--rate-limit", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -306,6 +306,16 @@ impl ApiError {
         )
     }
 
+    /// 413 for an object whose stored form is larger than etcd accepts in one request: the
+    /// status kube-apiserver gives etcd's refusal, worded as etcd words it.
+    pub fn stored_too_large() -> ApiError {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "etcdserver: request is too large",
+        )
+    }
+
     /// 406 for an Accept header we cannot satisfy.
     pub fn not_acceptable(message: impl Into<String>) -> ApiError {
         ApiError::new(406, "NotAcceptable", message)

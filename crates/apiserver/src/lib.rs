@@ -53,6 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{TokenTable, UserInfo};
 pub use error::ApiError;
+pub use serve::ConnectionLimits;
 
 use crate::registry::Registry;
 use crate::server::AppState;
@@ -97,6 +98,19 @@ pub struct ServerOptions {
     pub client_signer: Option<Arc<certificates::ClientSigner>>,
     /// The CA certificate (PEM) written into ServiceAccount token Secrets as `ca.crt`.
     pub service_account_ca: Option<String>,
+    /// Routes matched before every other path, unauthenticated; for tests only (for example a
+    /// route that panics, to show the catch-panic layer). `None` in production.
+    pub extra_routes: Option<ExtraRoutes>,
+}
+
+/// Extra routes for [`ServerOptions::extra_routes`].
+#[derive(Clone, Default)]
+pub struct ExtraRoutes(pub Router);
+
+impl std::fmt::Debug for ExtraRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraRoutes").finish_non_exhaustive()
+    }
 }
 
 /// The server's core: state, router and its own control loops; serve it over TLS with
@@ -134,7 +148,7 @@ impl ApiServer {
             service_account_key: tokens::key_or_ephemeral(options.service_account_key)?,
             ready: std::sync::atomic::AtomicBool::new(false),
         });
-        let router = server::router(state.clone());
+        let router = server::router(state.clone(), options.extra_routes.map(|r| r.0));
         let mut tasks = vec![
             tokio::spawn(controllers::run_crds(
                 storage.clone(),
@@ -208,13 +222,25 @@ impl ApiServer {
         client::in_process_client(self.router(), user)
     }
 
-    /// Serves over TLS on `listener` until [`ApiServer::shutdown`].
+    /// Serves over TLS on `listener` until [`ApiServer::shutdown`], with the default
+    /// [`ConnectionLimits`].
     pub async fn serve_tls(
         &self,
         listener: tokio::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
     ) {
-        serve::serve_tls(listener, tls, self.router(), self.shutdown.clone()).await
+        self.serve_tls_with(listener, tls, ConnectionLimits::default())
+            .await
+    }
+
+    /// Serves over TLS on `listener` until [`ApiServer::shutdown`], within `limits`.
+    pub async fn serve_tls_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        limits: ConnectionLimits,
+    ) {
+        serve::serve_tls(listener, tls, self.router(), limits, self.shutdown.clone()).await
     }
 
     /// A token that is cancelled when the server shuts down.
@@ -316,8 +342,18 @@ pub struct Hub {
 
 impl Hub {
     /// Starts serving: certificates from `data_dir/pki` (created on first start), the admin
-    /// kubeconfig at `data_dir/admin.kubeconfig`, HTTPS on `listen`.
+    /// kubeconfig at `data_dir/admin.kubeconfig`, HTTPS on `listen`, with the default
+    /// [`ConnectionLimits`].
     pub async fn start(store: Arc<dyn Store>, config: HubConfig) -> Result<Hub, ServerError> {
+        Hub::start_with_limits(store, config, ConnectionLimits::default()).await
+    }
+
+    /// [`Hub::start`] within `limits`.
+    pub async fn start_with_limits(
+        store: Arc<dyn Store>,
+        config: HubConfig,
+        limits: ConnectionLimits,
+    ) -> Result<Hub, ServerError> {
         let pki_dir = config.data_dir.join("pki");
         let mut sans = config.extra_sans.clone();
         sans.push(config.listen.ip().to_string());
@@ -361,12 +397,13 @@ impl Hub {
                 service_account_key: Some(service_account_key),
                 client_signer: Some(client_signer),
                 service_account_ca: Some(pki.ca_pem().to_string()),
+                extra_routes: None,
             },
         )
         .await?;
         let router = server.router();
         let token = server.shutdown_token();
-        let serving = tokio::spawn(serve::serve_tls(listener, tls, router, token));
+        let serving = tokio::spawn(serve::serve_tls(listener, tls, router, limits, token));
         Ok(Hub {
             addr,
             admin_kubeconfig,

@@ -46,9 +46,29 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// The router: one handler reads every path as kube-apiserver reads it.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+/// What kube-apiserver answers a request whose handler panicked (its panic-recovery filter).
+pub const PANIC_MESSAGE: &str =
+    "This request caused apiserver to panic. Look in the logs for details.";
+
+/// The router: one handler reads every path as kube-apiserver reads it. `extra` routes (tests
+/// only) are matched before it. Every handler sits behind a catch-panic layer: a panic answers
+/// 500 with a Status and the server keeps serving.
+pub fn router(state: Arc<AppState>, extra: Option<Router>) -> Router {
+    let routes = Router::new().fallback(handle).with_state(state);
+    let routes = match extra {
+        Some(extra) => extra.merge(routes),
+        None => routes,
+    };
+    routes.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        answer_panic as fn(Box<dyn std::any::Any + Send + 'static>) -> Response,
+    ))
+}
+
+/// The answer to a panicked handler. The panic's payload is not echoed (it may carry data
+/// from the request); the panic hook has already printed it.
+fn answer_panic(_payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal(PANIC_MESSAGE).into_response()
 }
 
 async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {

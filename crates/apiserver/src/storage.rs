@@ -29,6 +29,11 @@ use crate::validation;
 /// (an unconditional update or a patch without resourceVersion).
 const MAX_RETRIES: usize = 16;
 
+/// The largest object (key and encoded value) the store takes: etcd's default request limit
+/// (`--max-request-bytes`, 1.5 MiB), so an object `atoll hub` accepts also fits in etcd and
+/// no client can grow one object, and every watch and list that carries it, without bound.
+pub const MAX_STORED_BYTES: usize = 1_572_864;
+
 /// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
@@ -365,7 +370,8 @@ impl Storage {
     }
 
     /// Stores `obj` at `key` if the key's mod revision is still `revision`; `None` when the
-    /// compare failed.
+    /// compare failed. Every write of an object goes through here, so this is where an object
+    /// too large to store is refused (413), whichever verb produced it.
     async fn put_if_revision(
         &self,
         def: &ResourceDef,
@@ -373,9 +379,13 @@ impl Storage {
         revision: Revision,
         obj: &Value,
     ) -> Result<Option<Stored>, ApiError> {
+        let value = Self::encode(def, obj);
+        if key.len().saturating_add(value.len()) > MAX_STORED_BYTES {
+            return Err(ApiError::stored_too_large());
+        }
         let op = Op::Put {
             key: key.to_string(),
-            value: Self::encode(def, obj),
+            value,
         };
         let Some(resp) = self.write_if_revision(key, revision, op).await? else {
             return Ok(None);
@@ -1154,7 +1164,17 @@ impl Storage {
         let field = opts.field_selector;
         let bookmarks = opts.allow_bookmarks;
         let def2 = def.clone();
+        // A watcher the store dropped for not keeping up ends here, without an error event,
+        // as kube-apiserver closes a watcher that does not keep up: the client watches again
+        // from the last resourceVersion it saw (or re-lists after a 410).
         let events = changes
+            .take_while(|change| {
+                let lagged = matches!(change, Err(StoreError::WatcherLagged));
+                if lagged {
+                    tracing::debug!("watch ended: the watcher did not keep up");
+                }
+                futures::future::ready(!lagged)
+            })
             .take_until(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use model::{Answer, Model, ZoneConfig};
-pub use server::DnsServer;
+pub use server::{DnsServer, RateLimit};
 /// The cancellation token [`run`], [`DnsServer::run`] and [`feed::run`] stop on.
 pub use tokio_util::sync::CancellationToken;
 
@@ -85,6 +85,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The zone, its name server and its TTL.
     pub zone: ZoneConfig,
+    /// Response rate limiting over UDP, per client prefix.
+    pub rate_limit: RateLimit,
 }
 
 /// Serves `options.zone` on `options.listen` from the ServiceImports and EndpointSlices that
@@ -99,7 +101,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let model = Arc::new(Model::new(options.zone));
-    let server = DnsServer::bind(options.listen, model.clone()).await?;
+    let server = DnsServer::bind(options.listen, model.clone())
+        .await?
+        .with_rate_limit(options.rate_limit);
     tracing::info!(
         listen = %server.local_addr(),
         zone = %model.config().zone(),

@@ -36,7 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use atoll_api::mcs::ServiceImportType;
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::domain::Label;
-use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA, SRV, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, HINFO, NS, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 
 use crate::Error;
@@ -65,6 +65,9 @@ const SRV_WEIGHT: u16 = 100;
 const SOA_REFRESH: i32 = 7200;
 const SOA_RETRY: i32 = 1800;
 const SOA_EXPIRE: i32 = 86_400;
+
+/// The CPU field of the HINFO that answers ANY (RFC 8482 §4.2; its OS field is empty).
+pub const RFC8482_HINFO_CPU: &str = "RFC8482";
 
 /// The zone served, its name server and its TTL.
 #[derive(Clone, Debug)]
@@ -427,6 +430,16 @@ impl Model {
         };
         for &rtype in types {
             self.records(&state, &node, &qname, rtype, &mut out);
+        }
+        if rtype == RecordType::ANY && !out.answers.is_empty() {
+            // RFC 8482 §4.2: a name with records answers ANY with one synthesized HINFO, not
+            // every record it has (which made ANY an amplifier).
+            out = Output::default();
+            out.answer(Record::from_rdata(
+                qname.clone(),
+                self.config.ttl,
+                RData::HINFO(HINFO::new(RFC8482_HINFO_CPU.to_owned(), String::new())),
+            ));
         }
         if out.answers.is_empty() {
             Answer::NoData {

@@ -19,10 +19,18 @@
 //! fit and sent with TC, so the client retries over TCP. The handler does this cutting
 //! itself: hickory 0.26's encoder can truncate and set TC too, but leaves the bytes of the
 //! record that did not fit at the end of the message.
+//!
+//! Response rate limiting ([`RateLimit`], after BIND's RRL): over UDP, each client prefix
+//! (/24 for IPv4, /56 for IPv6) gets at most `responses_per_second` responses a second (a
+//! token bucket holding one second's worth). Past that, queries are dropped, except that
+//! every `slip`-th one is answered with an empty truncated (TC) response, no larger than the
+//! query, so a real client behind a flooded prefix retries over TCP, which is not limited. A
+//! spoofed flood thus gets nothing amplified out of the server.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hickory_server::Server;
 use hickory_server::net::NetError;
@@ -56,12 +64,135 @@ const MAX_UDP_QUERY: usize = 4096;
 /// The size of a DNS header; shorter datagrams are not DNS and get no answer.
 const HEADER_LEN: usize = 12;
 
+/// Client prefixes tracked by the rate limiter before stale ones are forgotten.
+const RATE_LIMIT_TABLE: usize = 65_536;
+
+/// Response rate limiting over UDP, per client prefix (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses a second per client prefix; 0 turns rate limiting off.
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited query gets an empty TC response instead of nothing (BIND's
+    /// default is 2); 0 drops them all.
+    pub slip: u32,
+    /// The IPv4 prefix length a client is counted by.
+    pub ipv4_prefix: u8,
+    /// The IPv6 prefix length a client is counted by.
+    pub ipv6_prefix: u8,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const OFF: RateLimit = RateLimit {
+        responses_per_second: 0,
+        slip: 2,
+        ipv4_prefix: 24,
+        ipv6_prefix: 56,
+    };
+
+    /// `responses_per_second` per client prefix, with BIND's default slip and prefixes.
+    pub fn per_second(responses_per_second: u32) -> RateLimit {
+        RateLimit {
+            responses_per_second,
+            ..RateLimit::OFF
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit::OFF
+    }
+}
+
+/// What to do with one UDP query under the rate limit.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Answer,
+    Slip,
+    Drop,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    limited: u32,
+}
+
+/// Token buckets per client prefix.
+struct RateLimiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl RateLimiter {
+    fn new(limit: RateLimit) -> RateLimiter {
+        RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn prefix(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(self.limit.ipv4_prefix.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.limit.ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+
+    fn check(&self, source: IpAddr, now: Instant) -> Verdict {
+        let rate = self.limit.responses_per_second;
+        if rate == 0 {
+            return Verdict::Answer;
+        }
+        let rate = f64::from(rate);
+        let key = self.prefix(source);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= RATE_LIMIT_TABLE && !buckets.contains_key(&key) {
+            // Forget clients whose bucket has refilled anyway (idle for a second or more).
+            buckets
+                .retain(|_, bucket| now.duration_since(bucket.refilled) < Duration::from_secs(1));
+            if buckets.len() >= RATE_LIMIT_TABLE {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: rate,
+            refilled: now,
+            limited: 0,
+        });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Verdict::Answer;
+        }
+        bucket.limited = bucket.limited.wrapping_add(1);
+        let slip = self.limit.slip;
+        if slip > 0 && bucket.limited.is_multiple_of(slip) {
+            Verdict::Slip
+        } else {
+            Verdict::Drop
+        }
+    }
+}
+
 /// A DNS server for one [`Model`], bound and ready to [`run`](Self::run).
 pub struct DnsServer {
     tcp: Server<Handler>,
     udp: Vec<UdpSocket>,
     handler: Arc<Handler>,
     local_addr: SocketAddr,
+    rate_limit: RateLimit,
 }
 
 impl DnsServer {
@@ -96,7 +227,14 @@ impl DnsServer {
             udp,
             handler,
             local_addr,
+            rate_limit: RateLimit::OFF,
         })
+    }
+
+    /// Limits UDP responses per client prefix (off unless set).
+    pub fn with_rate_limit(mut self, rate_limit: RateLimit) -> Self {
+        self.rate_limit = rate_limit;
+        self
     }
 
     /// The bound address (UDP and TCP).
@@ -114,10 +252,12 @@ impl DnsServer {
     pub async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
         let udp_stop = CancellationToken::new();
         let mut udp_loops = JoinSet::new();
+        let limiter = Arc::new(RateLimiter::new(self.rate_limit));
         for socket in self.udp {
             udp_loops.spawn(serve_udp(
                 Arc::new(socket),
                 self.handler.clone(),
+                limiter.clone(),
                 udp_stop.clone(),
             ));
         }
@@ -162,6 +302,7 @@ fn udp_result(result: Result<Result<(), NetError>, tokio::task::JoinError>) -> R
 async fn serve_udp(
     socket: Arc<UdpSocket>,
     handler: Arc<Handler>,
+    limiter: Arc<RateLimiter>,
     stop: CancellationToken,
 ) -> Result<(), NetError> {
     let mut buffer = vec![0_u8; MAX_UDP_QUERY];
@@ -185,6 +326,14 @@ async fn serve_udp(
             socket: socket.clone(),
             dst: src,
         };
+        match limiter.check(src.ip(), Instant::now()) {
+            Verdict::Answer => {}
+            Verdict::Drop => continue,
+            Verdict::Slip => {
+                truncated(datagram, responder).await;
+                continue;
+            }
+        }
         match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
             Ok(request) if request.metadata.message_type == MessageType::Response => {
                 // Never answer responses: that would make this a reflector.
@@ -231,6 +380,23 @@ async fn form_error(datagram: &[u8], mut responder: UdpResponder) {
         .error_msg(&header.metadata, ResponseCode::FormErr);
     if let Err(error) = responder.send_response(response).await {
         tracing::debug!(%error, "sending FORMERR");
+    }
+}
+
+/// An empty response with TC for a rate-limited query, so a real client retries over TCP: the
+/// header and the question only, never larger than the query.
+async fn truncated(datagram: &[u8], mut responder: UdpResponder) {
+    let Ok(request) = Request::from_bytes(datagram.to_vec(), responder.dst, Protocol::Udp) else {
+        return;
+    };
+    if request.metadata.message_type == MessageType::Response {
+        return;
+    }
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.truncation = true;
+    let response = MessageResponseBuilder::new(&request.queries, None).build_no_records(metadata);
+    if let Err(error) = responder.send_response(response).await {
+        tracing::debug!(%error, "sending a rate-limited TC response");
     }
 }
 
@@ -484,5 +650,56 @@ async fn send<'a, R: ResponseHandler>(
                 counts: HeaderCounts::default(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_gets_its_rate_then_every_slip_th_query_a_tc() {
+        let limiter = RateLimiter::new(RateLimit::per_second(3));
+        let now = Instant::now();
+        let flood: Vec<Verdict> = (0..7)
+            .map(|_| limiter.check(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), now))
+            .collect();
+        assert_eq!(
+            flood,
+            [
+                Verdict::Answer,
+                Verdict::Answer,
+                Verdict::Answer,
+                Verdict::Drop,
+                Verdict::Slip,
+                Verdict::Drop,
+                Verdict::Slip
+            ]
+        );
+        // The same /24 shares the bucket; another prefix has its own.
+        assert_ne!(
+            limiter.check(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), now),
+            Verdict::Answer
+        );
+        assert_eq!(
+            limiter.check(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)), now),
+            Verdict::Answer
+        );
+        // A second later the bucket is full again.
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            limiter.check(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), later),
+            Verdict::Answer
+        );
+    }
+
+    #[test]
+    fn off_answers_everything() {
+        let limiter = RateLimiter::new(RateLimit::OFF);
+        let now = Instant::now();
+        assert!(
+            (0..10_000)
+                .all(|_| limiter.check(IpAddr::V6(Ipv6Addr::LOCALHOST), now) == Verdict::Answer)
+        );
     }
 }

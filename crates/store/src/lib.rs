@@ -39,7 +39,7 @@ mod watch;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
-pub use watch::WatchOptions;
+pub use watch::{WatchOptions, buffered_bytes as watch_buffered_bytes};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -15,6 +15,7 @@ async fn fresh() -> anyhow::Result<Fixture> {
             ring_capacity: 16,
             watcher_buffer: 8,
             history_chunk: 64,
+            ..WatchOptions::default()
         },
         retain_revisions: None,
     });
@@ -92,6 +93,73 @@ async fn lagging_watcher_past_compaction_gets_watcher_lagged() -> anyhow::Result
     anyhow::ensure!(
         expected < start + 100,
         "everything arrived despite the compaction"
+    );
+    anyhow::ensure!(
+        watch.next().await.is_none(),
+        "the stream ends after WatcherLagged"
+    );
+    Ok(())
+}
+
+/// A consumer that stops reading while large values are written pins at most its byte budget,
+/// then is dropped: its queue is freed and its stream ends with WatcherLagged after the events
+/// it was given, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_pins_its_byte_budget_then_is_dropped() -> anyhow::Result<()> {
+    use atoll_store::{Op, Store, StoreError, Txn, WatchEvent};
+    use futures::StreamExt;
+    const BUDGET: usize = 256 * 1024;
+    let store = MemoryStore::with_options(MemoryOptions {
+        watch: WatchOptions {
+            watcher_buffer_bytes: BUDGET,
+            lag_timeout: Duration::from_millis(300),
+            ..WatchOptions::default()
+        },
+        retain_revisions: None,
+    });
+    let start = store.current_revision().await? + 1;
+    let mut watch = store.watch("/big/", start, false).await?;
+    let value = bytes::Bytes::from(vec![b'v'; 64 * 1024]);
+    let mut peak = 0;
+    for i in 0..64 {
+        store
+            .txn(Txn {
+                success: vec![Op::Put {
+                    key: format!("/big/{i}"),
+                    value: value.clone(),
+                }],
+                ..Txn::default()
+            })
+            .await?;
+        peak = peak.max(atoll_store::watch_buffered_bytes());
+    }
+    anyhow::ensure!(
+        peak <= BUDGET,
+        "{peak} bytes buffered for one stalled watcher"
+    );
+    // Dropped after the lag timeout: nothing stays buffered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while atoll_store::watch_buffered_bytes() > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the queue was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut expected = start;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await? {
+            Some(Ok(WatchEvent::Put { kv, .. })) => {
+                anyhow::ensure!(kv.mod_revision == expected, "gap before {kv:?}");
+                expected += 1;
+            }
+            Some(Err(StoreError::WatcherLagged)) => break,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    anyhow::ensure!(
+        expected < start + 64,
+        "every event arrived to a stalled watcher"
     );
     anyhow::ensure!(
         watch.next().await.is_none(),

@@ -22,6 +22,7 @@ fn options() -> RedbOptions {
             ring_capacity: 16,
             watcher_buffer: 8,
             history_chunk: 64,
+            ..WatchOptions::default()
         },
         compaction: CompactionPolicy {
             interval: None,

@@ -17,6 +17,7 @@ async fn fresh() -> anyhow::Result<Fixture> {
             ring_capacity: 16,
             watcher_buffer: 8,
             history_chunk: 64,
+            ..WatchOptions::default()
         },
         compaction: CompactionPolicy {
             interval: None,

@@ -18,6 +18,14 @@ pub struct Args {
     /// Address of the name server, for its A/AAAA record and NS glue; repeatable.
     #[arg(long = "ns-address", value_name = "IP")]
     ns_addresses: Vec<std::net::IpAddr>,
+    /// UDP responses a second per client prefix (/24, /56), as BIND's response rate
+    /// limiting; past it queries are dropped or answered TC. 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    rate_limit: u32,
+    /// Every N-th rate-limited query gets an empty TC response (a real client then retries
+    /// over TCP, which is not limited); 0 drops them all.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    rate_limit_slip: u32,
     /// The cluster whose ServiceImports and EndpointSlices are served.
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -37,6 +45,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         on_signal.cancel();
     });
     let listen = args.listen;
-    atoll_dns::run(client, atoll_dns::Options { listen, zone }, cancel).await?;
+    let rate_limit = atoll_dns::RateLimit {
+        slip: args.rate_limit_slip,
+        ..atoll_dns::RateLimit::per_second(args.rate_limit)
+    };
+    atoll_dns::run(
+        client,
+        atoll_dns::Options {
+            listen,
+            zone,
+            rate_limit,
+        },
+        cancel,
+    )
+    .await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use atoll_apiserver::{Hub, HubConfig};
+use atoll_apiserver::{ConnectionLimits, Hub, HubConfig};
 use atoll_store::Store;
 use atoll_store::memory::MemoryStore;
 use atoll_store::redb::{RedbOptions, RedbStore};
@@ -48,11 +48,43 @@ pub struct Args {
     /// member clusters and simulations).
     #[arg(long)]
     api_only: bool,
+    /// Seconds a client gets to finish its TLS handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    tls_handshake_timeout: u64,
+    /// Seconds a client gets to send a request's headers (kube-apiserver's 32 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = 32)]
+    header_read_timeout: u64,
+    /// Seconds a connection with no request in flight stays open (kube-apiserver's 90 s);
+    /// watches and other running requests keep theirs open.
+    #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+    idle_timeout: u64,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
     #[command(flatten)]
     controllers: ControllerOptions,
 }
 
+impl Args {
+    fn connection_limits(&self) -> anyhow::Result<ConnectionLimits> {
+        let positive = |name: &str, secs: u64| {
+            anyhow::ensure!(secs > 0, "--{name} must be at least 1 second");
+            Ok(Duration::from_secs(secs))
+        };
+        Ok(ConnectionLimits {
+            tls_handshake_timeout: positive("tls-handshake-timeout", self.tls_handshake_timeout)?,
+            header_read_timeout: positive("header-read-timeout", self.header_read_timeout)?,
+            idle_timeout: positive("idle-timeout", self.idle_timeout)?,
+            max_connections: usize::try_from(self.max_connections)
+                .context("--max-connections is too large")?,
+            ..ConnectionLimits::default()
+        })
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let limits = args.connection_limits()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args
@@ -73,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some(atoll_apiserver::COMPACTION_INTERVAL),
         ),
     };
-    let hub = Hub::start(
+    let hub = Hub::start_with_limits(
         store,
         HubConfig {
             data_dir,
@@ -82,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             extra_sans: args.tls_sans,
             compaction_interval,
         },
+        limits,
     )
     .await?;
     println!("Atoll hub serving on https://{}", hub.addr);

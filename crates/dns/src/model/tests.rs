@@ -710,22 +710,30 @@ fn names_match_case_insensitively_and_answers_echo_the_question() -> Result<()> 
 }
 
 #[test]
-fn any_returns_every_record_at_the_name() -> Result<()> {
+fn any_is_answered_with_one_hinfo_as_rfc_8482_says() -> Result<()> {
     let model = model()?;
-    let answer = ask(&model, "web.demo.svc.clusterset.local.", RecordType::ANY)?;
-    let (answers, _) = records(&answer)?;
-    let types: BTreeSet<RecordType> = answers.iter().map(Record::record_type).collect();
-    ensure!(
-        types == BTreeSet::from([RecordType::A, RecordType::AAAA, RecordType::SRV]),
-        "{types:?}"
-    );
-    let answer = ask(&model, "clusterset.local.", RecordType::ANY)?;
-    let (answers, _) = records(&answer)?;
-    let types: BTreeSet<RecordType> = answers.iter().map(Record::record_type).collect();
-    ensure!(
-        types == BTreeSet::from([RecordType::SOA, RecordType::NS]),
-        "{types:?}"
-    );
+    for name in ["web.demo.svc.clusterset.local.", "clusterset.local."] {
+        let answer = ask(&model, name, RecordType::ANY)?;
+        let (answers, additionals) = records(&answer)?;
+        ensure!(answers.len() == 1, "{name}: {answers:?}");
+        ensure!(additionals.is_empty(), "{name}: {additionals:?}");
+        match &answers[0].data {
+            RData::HINFO(hinfo) => {
+                ensure!(
+                    &*hinfo.cpu == b"RFC8482" && hinfo.os.is_empty(),
+                    "{hinfo:?}"
+                );
+            }
+            other => anyhow::bail!("{name}: {other:?}"),
+        }
+    }
+    // A name that does not exist is still NXDOMAIN.
+    let answer = ask(
+        &model,
+        "nothing.demo.svc.clusterset.local.",
+        RecordType::ANY,
+    )?;
+    ensure!(matches!(answer, Answer::NxDomain { .. }), "{answer:?}");
     Ok(())
 }
 

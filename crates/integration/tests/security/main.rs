@@ -4,6 +4,8 @@
 //!
 //! - `hub_requests`: an authenticated tenant or anonymous client against `atoll hub`'s HTTP
 //!   surface (paths, patches, sizes, connections, headers, tokens).
+//! - `hub_resources`: a client that means to exhaust `atoll hub`'s memory and connections
+//!   (oversized objects, stalled watches, slow and idle connections, panics).
 //! - `hub_admission`: a tenant's writes that try to escalate through RBAC bindings, CRDs,
 //!   CSRs and CEL rules.
 //! - `pull_identity`: bootstrap tokens and agent identities in pull mode.
@@ -14,6 +16,7 @@
 mod dns;
 mod hub_admission;
 mod hub_requests;
+mod hub_resources;
 mod mcs_identity;
 mod member_credentials;
 mod pull_identity;
