@@ -67,6 +67,9 @@ pub enum ServerError {
     /// The token file.
     #[error(transparent)]
     Tokens(#[from] auth::TokenFileError),
+    /// The cap on TokenRequest lifetimes.
+    #[error(transparent)]
+    MaxTokenExpiration(#[from] tokens::MaxExpirationError),
     /// Binding or serving.
     #[error("{context}: {source}")]
     Io {
@@ -97,6 +100,9 @@ pub struct ServerOptions {
     pub client_signer: Option<Arc<certificates::ClientSigner>>,
     /// The CA certificate (PEM) written into ServiceAccount token Secrets as `ca.crt`.
     pub service_account_ca: Option<String>,
+    /// The longest lifetime a TokenRequest gets, as kube-apiserver's
+    /// `--service-account-max-token-expiration`; `None` caps nothing (upstream's default).
+    pub max_token_expiration: Option<Duration>,
 }
 
 /// The server's core: state, router and its own control loops; serve it over TLS with
@@ -132,6 +138,7 @@ impl ApiServer {
             registry: registry.clone(),
             tokens: options.tokens,
             service_account_key: tokens::key_or_ephemeral(options.service_account_key)?,
+            max_token_expiration: options.max_token_expiration,
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         let router = server::router(state.clone());
@@ -301,6 +308,10 @@ pub struct HubConfig {
     pub extra_sans: Vec<String>,
     /// See [`ServerOptions::compaction_interval`].
     pub compaction_interval: Option<Duration>,
+    /// See [`ServerOptions::max_token_expiration`]; checked as upstream checks
+    /// `--service-account-max-token-expiration` (zero: none; else 1 hour to 2^32 seconds).
+    /// `atoll hub` defaults it to [`tokens::DEFAULT_MAX_EXPIRATION`].
+    pub max_token_expiration: Duration,
 }
 
 /// A running standalone server.
@@ -324,6 +335,7 @@ impl Hub {
         let pki = pki::Pki::load_or_create(&pki_dir, &sans)?;
         let service_account_key = Arc::new(tokens::ServiceAccountKey::load_or_create(&pki_dir)?);
         let client_signer = Arc::new(certificates::ClientSigner::load(&pki_dir)?);
+        let max_token_expiration = tokens::check_max_expiration(config.max_token_expiration)?;
         let tokens = match &config.token_file {
             Some(path) => TokenTable::from_csv_file(path)?,
             None => TokenTable::default(),
@@ -361,6 +373,7 @@ impl Hub {
                 service_account_key: Some(service_account_key),
                 client_signer: Some(client_signer),
                 service_account_ca: Some(pki.ca_pem().to_string()),
+                max_token_expiration,
             },
         )
         .await?;

@@ -236,9 +236,14 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// Reads a resourceVersion as upstream does, as an unsigned 64-bit number: a negative or
+/// non-numeric one is 400. One beyond every revision a store can reach reads as the largest
+/// revision, which callers answer as a resourceVersion from the future.
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
-    rv.parse::<Revision>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+    let value = rv
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    Ok(Revision::try_from(value).unwrap_or(Revision::MAX))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -579,11 +584,11 @@ impl Storage {
         let mut listed = 0;
         let mut next: Option<String> = None;
         // Read in pages at one revision even without a limit, as kube-apiserver reads etcd,
-        // so a large list never holds every stored value at once.
+        // so a large list never holds every stored value at once (a huge `limit` included).
         let batch = if opts.limit == 0 {
             LIST_PAGE
         } else {
-            (opts.limit + 1).max(64)
+            opts.limit.saturating_add(1).clamp(64, LIST_PAGE)
         };
         loop {
             let resp = self
@@ -615,7 +620,7 @@ impl Storage {
                         o.remove("apiVersion");
                         o.remove("kind");
                     }
-                    listed += 1;
+                    listed = listed.saturating_add(1);
                     each(obj)?;
                 }
             }
@@ -1030,7 +1035,7 @@ impl Storage {
                     m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
                     m.insert("deletionGracePeriodSeconds".into(), json!(0));
                     if let Some(g) = m.get("generation").and_then(Value::as_i64) {
-                        m.insert("generation".into(), json!(g + 1));
+                        m.insert("generation".into(), json!(g.saturating_add(1)));
                     }
                 }
                 if fins.is_empty() {
@@ -1098,7 +1103,20 @@ impl Storage {
             .as_deref()
             .filter(|s| !s.is_empty() && *s != "0");
         let (initial, start) = match rv {
-            Some(rv) => (Vec::new(), parse_rv(rv)? + 1),
+            Some(rv) => {
+                let rv = parse_rv(rv)?;
+                // A resourceVersion from the future is answered as get and list answer it, so
+                // the watch's start below never overflows.
+                let current = self.store.current_revision().await?;
+                if rv > current {
+                    return Err(StoreError::FutureRevision {
+                        requested: rv,
+                        current,
+                    }
+                    .into());
+                }
+                (Vec::new(), rv.saturating_add(1))
+            }
             None => {
                 let mut list = self
                     .list(
@@ -1130,7 +1148,7 @@ impl Storage {
                     }
                 })
                 .collect();
-                (items, revision + 1)
+                (items, revision.saturating_add(1))
             }
         };
         let changes = match self.store.watch(&prefix, start, opts.allow_bookmarks).await {
@@ -1141,7 +1159,7 @@ impl Storage {
             }) => {
                 let err = ApiError::expired(format!(
                     "too old resource version: {} ({compacted})",
-                    requested - 1
+                    requested.saturating_sub(1)
                 ));
                 return Ok(futures::stream::iter(vec![Event::Error(err.to_status())]).boxed());
             }
@@ -1317,7 +1335,7 @@ fn merge_update(
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        meta_mut(&mut next).insert("generation".into(), json!(g + 1));
+        meta_mut(&mut next).insert("generation".into(), json!(g.saturating_add(1)));
     }
     next
 }
