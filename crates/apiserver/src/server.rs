@@ -313,13 +313,14 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
 }
 
 /// An integer query parameter (`limit`, `timeoutSeconds`): absent, or a signed 64-bit number
-/// as upstream's parameter codec reads it; anything else is 400.
+/// as upstream's parameter codec reads it; anything else is 400 worded as Go's `ParseInt`
+/// error, as kube-apiserver answers it.
 fn int_param(query: &Query, key: &str) -> Result<Option<i64>, ApiError> {
     query
         .non_empty(key)
         .map(|v| {
             v.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid {key} {v:?}")))
+                .map_err(|_| ApiError::bad_request(crate::storage::go_parse_error("ParseInt", v)))
         })
         .transpose()
 }

@@ -240,10 +240,34 @@ fn spec_part(obj: &Value) -> Value {
 /// non-numeric one is 400. One beyond every revision a store can reach reads as the largest
 /// revision, which callers answer as a resourceVersion from the future.
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
-    let value = rv
-        .parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    // Worded as kube-apiserver 1.20 words it (it answers 500 there; a client's garbage is 400
+    // here).
+    // Digits only, as Go's ParseUint (Rust's would take a leading `+`).
+    let digits = rv.bytes().all(|b| b.is_ascii_digit());
+    let value = rv.parse::<u64>().ok().filter(|_| digits).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: {}",
+            go_parse_error("ParseUint", rv)
+        ))
+    })?;
     Ok(Revision::try_from(value).unwrap_or(Revision::MAX))
+}
+
+/// Go's `strconv` error for a number that does not parse: `strconv.ParseInt: parsing "x":
+/// invalid syntax`, or `value out of range` for digits too large for the type.
+pub(crate) fn go_parse_error(function: &str, text: &str) -> String {
+    let digits = text
+        .strip_prefix(['+', '-'])
+        .unwrap_or(text)
+        .bytes()
+        .all(|b| b.is_ascii_digit());
+    let signed_ok = function == "ParseInt" || !text.starts_with(['+', '-']);
+    let why = if digits && signed_ok && !text.trim_start_matches(['+', '-']).is_empty() {
+        "value out of range"
+    } else {
+        "invalid syntax"
+    };
+    format!("strconv.{function}: parsing {text:?}: {why}")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -1338,4 +1362,40 @@ fn merge_update(
         meta_mut(&mut next).insert("generation".into(), json!(g.saturating_add(1)));
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_read_as_kube_apiserver_reads_them() {
+        assert_eq!(parse_rv("12").ok(), Some(12));
+        assert_eq!(parse_rv("18446744073709551615").ok(), Some(Revision::MAX));
+        for (text, why) in [
+            ("-1", "invalid syntax"),
+            ("+1", "invalid syntax"),
+            ("abc", "invalid syntax"),
+            ("99999999999999999999999", "value out of range"),
+        ] {
+            let err = parse_rv(text).err().map(|e| (e.code, e.message));
+            assert_eq!(
+                err,
+                Some((
+                    400,
+                    format!(
+                        "resourceVersion: Invalid value: {text:?}: strconv.ParseUint: parsing {text:?}: {why}"
+                    )
+                ))
+            );
+        }
+        assert_eq!(
+            go_parse_error("ParseInt", "-99999999999999999999"),
+            "strconv.ParseInt: parsing \"-99999999999999999999\": value out of range"
+        );
+        assert_eq!(
+            go_parse_error("ParseInt", "-"),
+            "strconv.ParseInt: parsing \"-\": invalid syntax"
+        );
+    }
 }
