@@ -606,6 +606,11 @@ async fn resource(
     if def.namespaced != prefixed && (prefixed || r.name.is_some()) {
         return Err(ApiError::path_not_found());
     }
+    // A namespaced kind across all namespaces is served for list and watch only: a
+    // deletecollection (or create) there is 405, as upstream, never every namespace at once.
+    if def.namespaced && !prefixed && !matches!(r.verb, "list" | "watch") {
+        return Err(ApiError::method_not_allowed());
+    }
     if crate::tokens::is_token_request(&def, &r) {
         return crate::tokens::create_token(state, &r, req).await;
     }
