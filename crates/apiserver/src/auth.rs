@@ -2,7 +2,7 @@
 //! groups (O); otherwise a bearer token from the token table; otherwise the request is
 //! anonymous. An unknown bearer token is 401.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rustls::pki_types::CertificateDer;
@@ -14,6 +14,10 @@ pub struct UserInfo {
     pub name: String,
     /// The groups, without the implicit `system:authenticated`.
     pub groups: Vec<String>,
+    /// The user's uid, if its authenticator or an `Impersonate-Uid` header names one.
+    pub uid: String,
+    /// Extra attributes, from `Impersonate-Extra-<key>` headers.
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 /// The superuser group: RBAC allows it everything, as kube-apiserver does.
@@ -31,6 +35,8 @@ impl UserInfo {
         UserInfo {
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            uid: String::new(),
+            extra: BTreeMap::new(),
         }
     }
 
@@ -76,7 +82,12 @@ pub fn identity_from_cert(der: &CertificateDer<'_>) -> Option<UserInfo> {
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
-    Some(UserInfo { name, groups })
+    Some(UserInfo {
+        name,
+        groups,
+        uid: String::new(),
+        extra: BTreeMap::new(),
+    })
 }
 
 /// Identity attached to a request by the connection it came on (a verified client
@@ -118,7 +129,10 @@ impl TokenTable {
         self.tokens.get(token)
     }
 
-    /// Reads kube-apiserver's `--token-auth-file` format: `token,user,uid,"group1,group2"`.
+    /// Reads kube-apiserver's `--token-auth-file` format: `token,user,uid[,"group1,group2"]`, as
+    /// upstream's tokenfile loader: a record with fewer than three columns is an error, a record
+    /// with an empty token is skipped (with a warning that names the record, never a token), a
+    /// later record for the same token wins. Blank lines and `#` comments are skipped.
     pub fn from_csv_file(path: &Path) -> Result<TokenTable, TokenFileError> {
         let err = |message: String| TokenFileError {
             path: path.display().to_string(),
@@ -126,33 +140,45 @@ impl TokenTable {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut table = TokenTable::default();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+        let mut record = 0usize;
+        for line in text.lines() {
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
                 continue;
             }
             let fields = split_csv(line);
-            if fields.len() < 3 {
+            let [token, name, uid, rest @ ..] = fields.as_slice() else {
                 return Err(err(format!(
-                    "line {}: want token,user,uid[,\"groups\"]",
-                    i + 1
+                    "must have at least 3 columns (token, user name, user uid), found {}",
+                    fields.len()
                 )));
+            };
+            record = record.saturating_add(1);
+            if token.is_empty() {
+                tracing::warn!(
+                    path = %path.display(),
+                    record,
+                    "empty token has been found in token file"
+                );
+                continue;
             }
-            let groups: Vec<String> = fields
-                .get(3)
-                .map(|g| {
-                    g.split(',')
-                        .map(str::trim)
-                        .filter(|g| !g.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
+            if table.tokens.contains_key(token) {
+                tracing::warn!(
+                    path = %path.display(),
+                    record,
+                    "duplicate token has been found in token file"
+                );
+            }
+            let groups: Vec<String> = rest
+                .first()
+                .map(|g| g.split(',').map(str::to_string).collect())
                 .unwrap_or_default();
             table.tokens.insert(
-                fields[0].clone(),
+                token.clone(),
                 UserInfo {
-                    name: fields[1].clone(),
+                    name: name.clone(),
                     groups,
+                    uid: uid.clone(),
+                    extra: BTreeMap::new(),
                 },
             );
         }
@@ -184,6 +210,30 @@ pub enum Authn {
     Invalid,
 }
 
+/// The token of an `Authorization: Bearer <token>` header, as upstream's bearer token
+/// authenticator reads it (scheme case-insensitive, surrounding space trimmed); `None` for
+/// another scheme or an empty token.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let mut parts = authorization.trim().splitn(3, ' ');
+    let scheme = parts.next()?;
+    let token = parts.next()?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The `Authorization` header of a request: absent, or its text; a value that is not visible
+/// ASCII (not UTF-8, say) is no credential this server issued: 401, never anonymous.
+pub fn authorization_header(
+    headers: &http::HeaderMap,
+) -> Result<Option<&str>, crate::error::ApiError> {
+    match headers.get(http::header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| crate::error::ApiError::unauthorized()),
+    }
+}
+
 /// Authenticates a request from its connection identity and `Authorization` header.
 pub fn authenticate(
     connection: Option<&ConnectionIdentity>,
@@ -194,11 +244,8 @@ pub fn authenticate(
         return Authn::User(user.clone());
     }
     if let Some(value) = authorization {
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim);
-        return match token.and_then(|t| tokens.get(t)) {
+        // An empty token never matches, whatever a token file held.
+        return match bearer_token(value).and_then(|t| tokens.get(t)) {
             Some(user) => Authn::User(user.clone()),
             None => Authn::Invalid,
         };
@@ -218,11 +265,17 @@ mod tests {
         let table = TokenTable::from_csv_file(&path)?;
         assert_eq!(
             authenticate(None, Some("Bearer abc"), &table),
-            Authn::User(UserInfo::new("alice", &["dev", "ops"]))
+            Authn::User(UserInfo {
+                uid: "1".into(),
+                ..UserInfo::new("alice", &["dev", "ops"])
+            })
         );
         assert_eq!(
             authenticate(None, Some("Bearer xyz"), &table),
-            Authn::User(UserInfo::new("bob", &[]))
+            Authn::User(UserInfo {
+                uid: "2".into(),
+                ..UserInfo::new("bob", &[])
+            })
         );
         assert_eq!(
             authenticate(None, Some("Bearer nope"), &table),
@@ -233,6 +286,31 @@ mod tests {
             Authn::User(UserInfo::anonymous())
         );
         assert!(!format!("{table:?}").contains("abc"));
+        Ok(())
+    }
+
+    #[test]
+    fn empty_tokens_are_skipped_and_never_match() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("tokens.csv");
+        std::fs::write(
+            &path,
+            ",root,0,system:masters\n\"\",root,0,system:masters\nok,u,7\n",
+        )?;
+        let table = TokenTable::from_csv_file(&path)?;
+        assert!(table.get("").is_none());
+        for header in ["Bearer ", "Bearer", "bearer   ", ""] {
+            assert_eq!(authenticate(None, Some(header), &table), Authn::Invalid);
+        }
+        let Authn::User(user) = authenticate(None, Some("BEARER ok"), &table) else {
+            panic!("the token authenticates");
+        };
+        assert_eq!((user.name.as_str(), user.uid.as_str()), ("u", "7"));
+        std::fs::write(&path, "abc,alice\n")?;
+        let error = TokenTable::from_csv_file(&path)
+            .err()
+            .ok_or("two columns are refused")?;
+        assert!(error.to_string().contains("must have at least 3 columns"));
         Ok(())
     }
 }

@@ -68,6 +68,9 @@ pub enum ServerError {
     /// The token file.
     #[error(transparent)]
     Tokens(#[from] auth::TokenFileError),
+    /// The cap on TokenRequest lifetimes.
+    #[error(transparent)]
+    MaxTokenExpiration(#[from] tokens::MaxExpirationError),
     /// Binding or serving.
     #[error("{context}: {source}")]
     Io {
@@ -101,6 +104,9 @@ pub struct ServerOptions {
     /// Routes matched before every other path, unauthenticated; for tests only (for example a
     /// route that panics, to show the catch-panic layer). `None` in production.
     pub extra_routes: Option<ExtraRoutes>,
+    /// The longest lifetime a TokenRequest gets, as kube-apiserver's
+    /// `--service-account-max-token-expiration`; `None` caps nothing (upstream's default).
+    pub max_token_expiration: Option<Duration>,
 }
 
 /// Extra routes for [`ServerOptions::extra_routes`].
@@ -146,6 +152,7 @@ impl ApiServer {
             registry: registry.clone(),
             tokens: options.tokens,
             service_account_key: tokens::key_or_ephemeral(options.service_account_key)?,
+            max_token_expiration: options.max_token_expiration,
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         let router = server::router(state.clone(), options.extra_routes.map(|r| r.0));
@@ -327,6 +334,10 @@ pub struct HubConfig {
     pub extra_sans: Vec<String>,
     /// See [`ServerOptions::compaction_interval`].
     pub compaction_interval: Option<Duration>,
+    /// See [`ServerOptions::max_token_expiration`]; checked as upstream checks
+    /// `--service-account-max-token-expiration` (zero: none; else 1 hour to 2^32 seconds).
+    /// `atoll hub` defaults it to [`tokens::DEFAULT_MAX_EXPIRATION`].
+    pub max_token_expiration: Duration,
 }
 
 /// A running standalone server.
@@ -360,6 +371,7 @@ impl Hub {
         let pki = pki::Pki::load_or_create(&pki_dir, &sans)?;
         let service_account_key = Arc::new(tokens::ServiceAccountKey::load_or_create(&pki_dir)?);
         let client_signer = Arc::new(certificates::ClientSigner::load(&pki_dir)?);
+        let max_token_expiration = tokens::check_max_expiration(config.max_token_expiration)?;
         let tokens = match &config.token_file {
             Some(path) => TokenTable::from_csv_file(path)?,
             None => TokenTable::default(),
@@ -398,6 +410,7 @@ impl Hub {
                 client_signer: Some(client_signer),
                 service_account_ca: Some(pki.ca_pem().to_string()),
                 extra_routes: None,
+                max_token_expiration,
             },
         )
         .await?;

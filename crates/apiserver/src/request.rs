@@ -96,14 +96,7 @@ pub fn parse_target(method: &Method, path: &str, query: &Query) -> RequestTarget
         ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
         _ => return non_resource(),
     };
-    let mut rest: Vec<&str> = rest.to_vec();
-    let mut namespace = None;
-    if rest[0] == "namespaces" && rest.len() > 1 {
-        namespace = Some(rest[1].to_string());
-        if rest.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&rest[2]) {
-            rest = rest[2..].to_vec();
-        }
-    }
+    let (namespace, rest) = split_namespace(rest);
     let resource = rest[0].to_string();
     let name = rest.get(1).map(|s| s.to_string());
     let subresource = if rest.len() > 2 {
@@ -139,6 +132,38 @@ pub fn parse_target(method: &Method, path: &str, query: &Query) -> RequestTarget
         subresource,
         verb,
     })
+}
+
+/// Splits `namespaces/<ns>/<rest>` off a path's tail after the group and version, as
+/// RequestInfoFactory does: the namespace, and the parts that name the resource. A Namespace's
+/// own path (`namespaces/<name>[/status|/finalize]`) keeps its parts and also names the
+/// namespace, as upstream reads it.
+fn split_namespace<'p>(rest: &'p [&'p str]) -> (Option<String>, &'p [&'p str]) {
+    match rest {
+        ["namespaces", ns, tail @ ..] => {
+            let namespace = Some(ns.to_string());
+            match tail.first() {
+                Some(next) if !NAMESPACE_SUBRESOURCES.contains(next) => (namespace, tail),
+                _ => (namespace, rest),
+            }
+        }
+        _ => (None, rest),
+    }
+}
+
+/// Whether a resource path names its resource after a `namespaces/<ns>/` prefix
+/// (`/api/v1/namespaces/a/configmaps`), rather than at the top of its group version
+/// (`/api/v1/namespaces/a`, `/api/v1/configmaps`). kube-apiserver serves cluster-scoped
+/// resources (Namespaces too) only at the top, so such a path to one is 404 there.
+pub fn is_namespace_prefixed(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match parts.as_slice() {
+        ["api", _, rest @ ..] if !rest.is_empty() => rest,
+        ["apis", _, _, rest @ ..] if !rest.is_empty() => rest,
+        _ => return false,
+    };
+    let (_, tail) = split_namespace(rest);
+    tail.len() < rest.len()
 }
 
 /// A request's query parameters.
@@ -243,6 +268,44 @@ mod tests {
         assert_eq!(
             Query::parse(Some("labelSelector=a%3Db%2Cc+in+(x)&x")).get("labelSelector"),
             Some("a=b,c in (x)")
+        );
+    }
+
+    #[test]
+    fn a_resource_after_a_namespace_is_told_from_a_namespace_itself() {
+        for path in [
+            "/api/v1/namespaces/a/configmaps",
+            "/api/v1/namespaces/a/namespaces",
+            "/api/v1/namespaces/a/namespaces/b",
+            "/api/v1/namespaces/a/namespaces/b/status",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/clusterroles/x",
+        ] {
+            assert!(is_namespace_prefixed(path), "{path}");
+        }
+        for path in [
+            "/api/v1/namespaces",
+            "/api/v1/namespaces/a",
+            "/api/v1/namespaces/a/status",
+            "/api/v1/namespaces/a/finalize",
+            "/api/v1/configmaps",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/x",
+            "/version",
+        ] {
+            assert!(!is_namespace_prefixed(path), "{path}");
+        }
+        let RequestTarget::Resource(r) =
+            target(Method::DELETE, "/api/v1/namespaces/a/namespaces/b", "")
+        else {
+            panic!("not a resource request");
+        };
+        // Read as upstream reads it (authorized in `a`); the handler then answers 404.
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.resource.as_str(),
+                r.name.as_deref()
+            ),
+            (Some("a"), "namespaces", Some("b"))
         );
     }
 }

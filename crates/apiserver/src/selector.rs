@@ -63,6 +63,32 @@ fn bad_selector(raw: &str, why: &str) -> ApiError {
     ApiError::bad_request(format!("unable to parse requirement: {raw:?}: {why}"))
 }
 
+/// A label value as upstream's selector parser checks it (at most 63 characters, alphanumeric
+/// at both ends, `-`, `_` and `.` between), worded as kube-apiserver 1.20 words a bad one.
+fn check_label_value(key: &str, value: &str) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if value.len() > 63 {
+        errors.push("must be no more than 63 characters");
+    }
+    let bytes = value.as_bytes();
+    let ends_ok = |b: Option<&u8>| b.is_none_or(u8::is_ascii_alphanumeric);
+    let chars_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !(chars_ok && ends_ok(bytes.first()) && ends_ok(bytes.last())) {
+        errors.push(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+        );
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "unable to parse requirement: invalid label value: {value:?}: at key: {key:?}: {}",
+        errors.join("; ")
+    )))
+}
+
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key
@@ -110,6 +136,20 @@ impl LabelSelector {
             };
             if !valid_key(key) {
                 return Err(bad_selector(part, "invalid label key"));
+            }
+            let name_part = key.rsplit('/').next().unwrap_or(key);
+            if name_part.len() > 63 {
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse requirement: invalid label key {key:?}: name part must be no more than 63 characters"
+                )));
+            }
+            let values: &[String] = match &req {
+                Requirement::Equals(_, v) | Requirement::NotEquals(_, v) => std::slice::from_ref(v),
+                Requirement::In(_, vs) | Requirement::NotIn(_, vs) => vs,
+                Requirement::Exists(_) | Requirement::NotExists(_) => &[],
+            };
+            for value in values {
+                check_label_value(key, value)?;
             }
             requirements.push(req);
         }
@@ -247,6 +287,25 @@ impl FieldSelector {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn label_values_are_checked_as_upstream() {
+        assert!(LabelSelector::parse("a=b,c in (d, e-f),g!=h.i").is_ok());
+        assert!(LabelSelector::parse("a=").is_ok());
+        let message = |raw: &str| LabelSelector::parse(raw).err().map(|e| e.message);
+        assert_eq!(
+            message(&format!("a={}", "x".repeat(64))),
+            Some(format!(
+                "unable to parse requirement: invalid label value: {:?}: at key: \"a\": must be no more than 63 characters",
+                "x".repeat(64)
+            ))
+        );
+        assert!(message("a in (-b)").is_some_and(|m| m.contains("a valid label must be")));
+        assert!(
+            message(&format!("{}=b", "k".repeat(64)))
+                .is_some_and(|m| m.ends_with("name part must be no more than 63 characters"))
+        );
+    }
 
     #[test]
     fn structured_selectors_match_as_kubernetes() -> Result<(), ApiError> {

@@ -36,6 +36,9 @@ pub struct AppState {
     pub tokens: TokenTable,
     /// Signs and verifies ServiceAccount tokens.
     pub service_account_key: Arc<crate::tokens::ServiceAccountKey>,
+    /// The longest lifetime a TokenRequest gets (longer ones are shortened to it); `None`
+    /// caps nothing beyond validation's 2^32 seconds.
+    pub max_token_expiration: Option<Duration>,
     /// Whether the server is ready (false while starting and once shutting down).
     pub ready: std::sync::atomic::AtomicBool,
 }
@@ -83,10 +86,9 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    // A header that is not text (not UTF-8, say) carries no credential this server issued:
+    // 401, never anonymous.
+    let authorization = crate::auth::authorization_header(req.headers())?;
     let user = match authenticate(
         req.extensions().get::<ConnectionIdentity>(),
         authorization,
@@ -240,12 +242,23 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
     Ok((parts.headers, bytes))
 }
 
+/// Reads a YAML request body within a budget: aliases may not expand a body's scalars beyond
+/// twice the body limit, so a small "billion laughs" document cannot make the server build a
+/// huge tree (upstream's YAML decoder refuses excessive aliasing likewise).
+pub(crate) fn from_yaml(bytes: &[u8]) -> Result<Value, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_total_scalar_bytes = MAX_BODY_BYTES.saturating_mul(2);
+    options.budget = Some(budget);
+    serde_saphyr::from_slice_with_options(bytes, options)
+}
+
 fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     serde_json::from_slice(bytes)
-        .or_else(|_| serde_saphyr::from_slice::<Value>(bytes))
+        .or_else(|_| from_yaml(bytes))
         .map_err(|e| {
             ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
         })
@@ -319,17 +332,27 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// An integer query parameter (`limit`, `timeoutSeconds`): absent, or a signed 64-bit number
+/// as upstream's parameter codec reads it; anything else is 400 worded as Go's `ParseInt`
+/// error, as kube-apiserver answers it.
+fn int_param(query: &Query, key: &str) -> Result<Option<i64>, ApiError> {
+    query
+        .non_empty(key)
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(crate::storage::go_parse_error("ParseInt", v)))
+        })
+        .transpose()
+}
+
 fn list_options(query: &Query) -> Result<ListOptions, ApiError> {
     Ok(ListOptions {
         label_selector: LabelSelector::parse(query.get("labelSelector").unwrap_or_default())?,
         field_selector: FieldSelector::parse(query.get("fieldSelector").unwrap_or_default())?,
-        limit: match query.non_empty("limit") {
-            Some(l) => l
-                .parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?
-                .max(0) as usize,
-            None => 0,
-        },
+        // A limit of 0 or below lists everything, as upstream; one beyond memory is still a
+        // page of objects read in bounded batches.
+        limit: int_param(query, "limit")?
+            .map_or(0, |l| usize::try_from(l.max(0)).unwrap_or(usize::MAX)),
         continue_token: query.non_empty("continue").map(str::to_string),
         resource_version: query.non_empty("resourceVersion").map(str::to_string),
         resource_version_match: query.non_empty("resourceVersionMatch").map(str::to_string),
@@ -444,6 +467,77 @@ fn strip_directives(v: &mut Value) {
     }
 }
 
+/// The most operations a JSON patch may hold, as kube-apiserver's `maxJSONPatchOperations`.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// The most bytes a JSON patch's `copy` operations may add up to, as kube-apiserver's
+/// `JSONPatchMaxCopyBytes` (json-patch's `AccumulatedCopySizeLimit`): the request body limit.
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = MAX_BODY_BYTES;
+
+/// kube-apiserver's answer to a JSON patch that does not apply: 422 with its generic wording
+/// (the operation's own error is not shown).
+fn patch_not_applied(why: &dyn std::fmt::Display) -> ApiError {
+    tracing::debug!(error = %why, "JSON patch failed");
+    ApiError {
+        code: 422,
+        reason: "Invalid",
+        message: "the server rejected our request due to an error in our request".into(),
+        details: None,
+    }
+}
+
+/// Counts the bytes a value would take as JSON without writing them out.
+struct CountingWriter(usize);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Applies an RFC 6902 patch as kube-apiserver does: more than 10000 operations is 413, and
+/// `copy` operations whose copied values add up to more than 3 MiB are refused (422) before
+/// the copy that crosses the limit is made, so a small patch that copies a subtree into
+/// itself again and again cannot make the server allocate gigabytes. The document is the
+/// caller's copy: an operation that fails leaves it half-patched, and it is then dropped.
+fn apply_json_patch(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), ApiError> {
+    if patch.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError {
+            code: 413,
+            reason: "RequestEntityTooLarge",
+            message: format!(
+                "Request entity too large: The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                patch.0.len()
+            ),
+            details: None,
+        });
+    }
+    let mut copied: usize = 0;
+    for op in &patch.0 {
+        if let json_patch::PatchOperation::Copy(copy) = op
+            && let Ok(value) = copy.from.resolve(&*doc)
+        {
+            let mut size = CountingWriter(0);
+            serde_json::to_writer(&mut size, value).map_err(|e| patch_not_applied(&e))?;
+            copied = copied.saturating_add(size.0);
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(patch_not_applied(&format!(
+                    "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                )));
+            }
+        }
+        // One operation at a time, without json-patch's undo log: a failed patch drops the
+        // whole document anyway.
+        json_patch::patch_unsafe(doc, std::slice::from_ref(op))
+            .map_err(|e| patch_not_applied(&e))?;
+    }
+    Ok(())
+}
+
 fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     match kind {
@@ -453,17 +547,7 @@ fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, A
                     "the body of the request could not be decoded as a JSON patch: {e}"
                 ))
             })?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| {
-                tracing::debug!(error = %e, "JSON patch failed");
-                // kube-apiserver's generic wording for a patch that does not apply.
-                ApiError {
-                    code: 422,
-                    reason: "Invalid",
-                    message: "the server rejected our request due to an error in our request"
-                        .into(),
-                    details: None,
-                }
-            })?;
+            apply_json_patch(&mut doc, &patch)?;
         }
         PatchType::Merge | PatchType::Apply => {
             let patch = parse_json(body)?;
@@ -533,17 +617,27 @@ async fn resource(
     let Some(def) = state.registry.get(&r.group, &r.version, &r.resource) else {
         return Err(ApiError::path_not_found());
     };
+    let is_namespace_kind = r.group.is_empty() && r.resource == "namespaces";
+    // kube-apiserver routes a cluster-scoped resource (a Namespace too, and any cluster-scoped
+    // custom resource) only at the top of its group version, and a namespaced one by name only
+    // under `namespaces/<ns>/`: `/api/v1/namespaces/a/namespaces/b` is authorized in namespace
+    // `a` and must not reach Namespace `b`, so it is 404 as upstream, whatever the verb.
+    let prefixed = crate::request::is_namespace_prefixed(req.uri().path());
+    if def.namespaced != prefixed && (prefixed || r.name.is_some()) {
+        return Err(ApiError::path_not_found());
+    }
+    // A namespaced kind across all namespaces is served for list and watch only: a
+    // deletecollection (or create) there is 405, as upstream, never every namespace at once.
+    if def.namespaced && !prefixed && !matches!(r.verb, "list" | "watch") {
+        return Err(ApiError::method_not_allowed());
+    }
     if crate::tokens::is_token_request(&def, &r) {
         return crate::tokens::create_token(state, &r, req).await;
     }
-    let is_namespace_kind = r.group.is_empty() && r.resource == "namespaces";
     // The namespace a namespaced object lives in; a Namespace's own name is not one.
     let namespace = if def.namespaced {
         r.namespace.clone()
     } else {
-        if r.namespace.is_some() && !is_namespace_kind {
-            return Err(ApiError::path_not_found());
-        }
         None
     };
     match r.subresource.as_deref() {
@@ -632,9 +726,10 @@ async fn resource(
                 }
                 field.push_str(&format!("metadata.name={name}"));
             }
-            let timeout = query
-                .non_empty("timeoutSeconds")
-                .and_then(|t| t.parse::<u64>().ok())
+            // Zero or less is the server's default, as upstream; a huge one waits forever.
+            let timeout = int_param(query, "timeoutSeconds")?
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|t| *t > 0)
                 .map(Duration::from_secs);
             let opts = WatchOptions {
                 label_selector: LabelSelector::parse(
@@ -776,5 +871,49 @@ async fn resource(
             Ok(json_response(StatusCode::OK, &deleted))
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(ops: Value) -> Result<json_patch::Patch, serde_json::Error> {
+        serde_json::from_value(ops)
+    }
+
+    #[test]
+    fn json_patches_are_bounded_as_upstream() -> Result<(), Box<dyn std::error::Error>> {
+        // Copying a subtree into itself doubles it: refused once the copies pass 3 MiB.
+        let mut doc = json!({"a": {"x": "y".repeat(1024)}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/a", "path": format!("/a/c{i}")}))
+            .collect();
+        let err = apply_json_patch(&mut doc, &patch(json!(ops))?)
+            .err()
+            .ok_or("amplification refused")?;
+        assert_eq!((err.code, err.reason), (422, "Invalid"));
+        let size = serde_json::to_vec(&doc)?.len();
+        assert!(size < 2 * MAX_JSON_PATCH_COPY_BYTES, "{size} bytes");
+
+        let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "/a/x", "value": "z"}))
+            .collect();
+        let err = apply_json_patch(&mut doc, &patch(json!(ops))?)
+            .err()
+            .ok_or("too many operations")?;
+        assert_eq!(err.code, 413);
+        assert_eq!(
+            err.message,
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+
+        let mut doc = json!({"a": {"x": "y"}});
+        apply_json_patch(
+            &mut doc,
+            &patch(json!([{"op": "copy", "from": "/a/x", "path": "/b"}]))?,
+        )?;
+        assert_eq!(doc, json!({"a": {"x": "y"}, "b": "y"}));
+        Ok(())
     }
 }

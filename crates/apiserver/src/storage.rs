@@ -241,9 +241,38 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// Reads a resourceVersion as upstream does, as an unsigned 64-bit number: a negative or
+/// non-numeric one is 400. One beyond every revision a store can reach reads as the largest
+/// revision, which callers answer as a resourceVersion from the future.
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
-    rv.parse::<Revision>()
-        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+    // Worded as kube-apiserver 1.20 words it (it answers 500 there; a client's garbage is 400
+    // here).
+    // Digits only, as Go's ParseUint (Rust's would take a leading `+`).
+    let digits = rv.bytes().all(|b| b.is_ascii_digit());
+    let value = rv.parse::<u64>().ok().filter(|_| digits).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: {}",
+            go_parse_error("ParseUint", rv)
+        ))
+    })?;
+    Ok(Revision::try_from(value).unwrap_or(Revision::MAX))
+}
+
+/// Go's `strconv` error for a number that does not parse: `strconv.ParseInt: parsing "x":
+/// invalid syntax`, or `value out of range` for digits too large for the type.
+pub(crate) fn go_parse_error(function: &str, text: &str) -> String {
+    let digits = text
+        .strip_prefix(['+', '-'])
+        .unwrap_or(text)
+        .bytes()
+        .all(|b| b.is_ascii_digit());
+    let signed_ok = function == "ParseInt" || !text.starts_with(['+', '-']);
+    let why = if digits && signed_ok && !text.trim_start_matches(['+', '-']).is_empty() {
+        "value out of range"
+    } else {
+        "invalid syntax"
+    };
+    format!("strconv.{function}: parsing {text:?}: {why}")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -589,11 +618,11 @@ impl Storage {
         let mut listed = 0;
         let mut next: Option<String> = None;
         // Read in pages at one revision even without a limit, as kube-apiserver reads etcd,
-        // so a large list never holds every stored value at once.
+        // so a large list never holds every stored value at once (a huge `limit` included).
         let batch = if opts.limit == 0 {
             LIST_PAGE
         } else {
-            (opts.limit + 1).max(64)
+            opts.limit.saturating_add(1).clamp(64, LIST_PAGE)
         };
         loop {
             let resp = self
@@ -625,7 +654,7 @@ impl Storage {
                         o.remove("apiVersion");
                         o.remove("kind");
                     }
-                    listed += 1;
+                    listed = listed.saturating_add(1);
                     each(obj)?;
                 }
             }
@@ -1040,7 +1069,7 @@ impl Storage {
                     m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
                     m.insert("deletionGracePeriodSeconds".into(), json!(0));
                     if let Some(g) = m.get("generation").and_then(Value::as_i64) {
-                        m.insert("generation".into(), json!(g + 1));
+                        m.insert("generation".into(), json!(g.saturating_add(1)));
                     }
                 }
                 if fins.is_empty() {
@@ -1108,7 +1137,20 @@ impl Storage {
             .as_deref()
             .filter(|s| !s.is_empty() && *s != "0");
         let (initial, start) = match rv {
-            Some(rv) => (Vec::new(), parse_rv(rv)? + 1),
+            Some(rv) => {
+                let rv = parse_rv(rv)?;
+                // A resourceVersion from the future is answered as get and list answer it, so
+                // the watch's start below never overflows.
+                let current = self.store.current_revision().await?;
+                if rv > current {
+                    return Err(StoreError::FutureRevision {
+                        requested: rv,
+                        current,
+                    }
+                    .into());
+                }
+                (Vec::new(), rv.saturating_add(1))
+            }
             None => {
                 let mut list = self
                     .list(
@@ -1140,7 +1182,7 @@ impl Storage {
                     }
                 })
                 .collect();
-                (items, revision + 1)
+                (items, revision.saturating_add(1))
             }
         };
         let changes = match self.store.watch(&prefix, start, opts.allow_bookmarks).await {
@@ -1151,7 +1193,7 @@ impl Storage {
             }) => {
                 let err = ApiError::expired(format!(
                     "too old resource version: {} ({compacted})",
-                    requested - 1
+                    requested.saturating_sub(1)
                 ));
                 return Ok(futures::stream::iter(vec![Event::Error(err.to_status())]).boxed());
             }
@@ -1337,7 +1379,43 @@ fn merge_update(
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        meta_mut(&mut next).insert("generation".into(), json!(g + 1));
+        meta_mut(&mut next).insert("generation".into(), json!(g.saturating_add(1)));
     }
     next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_read_as_kube_apiserver_reads_them() {
+        assert_eq!(parse_rv("12").ok(), Some(12));
+        assert_eq!(parse_rv("18446744073709551615").ok(), Some(Revision::MAX));
+        for (text, why) in [
+            ("-1", "invalid syntax"),
+            ("+1", "invalid syntax"),
+            ("abc", "invalid syntax"),
+            ("99999999999999999999999", "value out of range"),
+        ] {
+            let err = parse_rv(text).err().map(|e| (e.code, e.message));
+            assert_eq!(
+                err,
+                Some((
+                    400,
+                    format!(
+                        "resourceVersion: Invalid value: {text:?}: strconv.ParseUint: parsing {text:?}: {why}"
+                    )
+                ))
+            );
+        }
+        assert_eq!(
+            go_parse_error("ParseInt", "-99999999999999999999"),
+            "strconv.ParseInt: parsing \"-99999999999999999999\": value out of range"
+        );
+        assert_eq!(
+            go_parse_error("ParseInt", "-"),
+            "strconv.ParseInt: parsing \"-\": invalid syntax"
+        );
+    }
 }

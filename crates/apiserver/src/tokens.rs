@@ -37,7 +37,33 @@ pub const MIN_EXPIRATION_SECONDS: i64 = 600;
 /// The lifetime of a token whose TokenRequest names none.
 pub const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// The longest lifetime upstream's validation accepts (2^32 seconds).
-const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
+pub const MAX_EXPIRATION_SECONDS: i64 = 1 << 32;
+/// The shortest `--service-account-max-token-expiration` upstream accepts (one hour).
+pub const MIN_MAX_EXPIRATION_SECONDS: i64 = 3600;
+/// `atoll hub`'s default cap on TokenRequest lifetimes: one year, as long as the CSR signer's
+/// longest certificate and `atoll token create`'s longest `--ttl` (upstream has no default).
+pub const DEFAULT_MAX_EXPIRATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A `--service-account-max-token-expiration` outside upstream's bounds.
+#[derive(Debug, thiserror::Error)]
+#[error("the service-account-max-token-expiration must be between 1 hour and 2^32 seconds")]
+pub struct MaxExpirationError;
+
+/// Checks a cap on TokenRequest lifetimes as kube-apiserver checks
+/// `--service-account-max-token-expiration`: zero means none, otherwise from one hour to 2^32
+/// seconds.
+pub fn check_max_expiration(max: Duration) -> Result<Option<Duration>, MaxExpirationError> {
+    if max.is_zero() {
+        return Ok(None);
+    }
+    let secs = i64::try_from(max.as_secs()).map_err(|_| MaxExpirationError)?;
+    if !(MIN_MAX_EXPIRATION_SECONDS..=MAX_EXPIRATION_SECONDS).contains(&secs)
+        || max.subsec_nanos() != 0 && secs == MAX_EXPIRATION_SECONDS
+    {
+        return Err(MaxExpirationError);
+    }
+    Ok(Some(max))
+}
 /// The file holding the signing key, in the pki directory.
 pub const KEY_FILE: &str = "sa.key";
 
@@ -226,10 +252,7 @@ async fn still_exists(state: &AppState, bound: &Bound, resource: &str) -> bool {
 /// Authenticates a bearer ServiceAccount token (`Authorization: Bearer <jwt>`); `None` when it
 /// is not one this server issued or it no longer holds.
 pub async fn authenticate(state: &AppState, authorization: Option<&str>) -> Option<UserInfo> {
-    let token = authorization?
-        .strip_prefix("Bearer ")
-        .or_else(|| authorization?.strip_prefix("bearer "))?
-        .trim();
+    let token = crate::auth::bearer_token(authorization?)?;
     if token.split('.').count() != 3 {
         return None;
     }
@@ -247,12 +270,15 @@ pub async fn authenticate(state: &AppState, authorization: Option<&str>) -> Opti
     {
         return None;
     }
+    // The account's uid is the user's uid, as upstream's service account authenticator.
     Some(UserInfo {
         name: subject,
         groups: vec![
             "system:serviceaccounts".to_string(),
             format!("system:serviceaccounts:{}", account.namespace),
         ],
+        uid: account.uid,
+        extra: Default::default(),
     })
 }
 
@@ -289,7 +315,7 @@ pub async fn create_token(
         crate::protobuf::decode(&body)?
     } else {
         serde_json::from_slice(&body)
-            .or_else(|_| serde_saphyr::from_slice::<Value>(&body))
+            .or_else(|_| crate::server::from_yaml(&body))
             .map_err(|e| {
                 ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
             })?
@@ -338,6 +364,22 @@ pub async fn create_token(
     if !causes.is_empty() {
         return Err(invalid(name, causes));
     }
+    // A lifetime over the server's cap is shortened to it with a warning, as upstream's
+    // `--service-account-max-token-expiration` does (the request stays valid).
+    let mut warnings = Vec::new();
+    let max = state
+        .max_token_expiration
+        .and_then(|m| i64::try_from(m.as_secs()).ok())
+        .filter(|m| *m > 0);
+    let expiration = match max {
+        Some(max) if expiration > max => {
+            warnings.push(format!(
+                "requested expiration of {expiration} seconds shortened to {max} seconds"
+            ));
+            max
+        }
+        _ => expiration,
+    };
 
     let account = service_account(&state.storage, state, namespace, name).await?;
     let bound = match bound_ref {
@@ -384,7 +426,13 @@ pub async fn create_token(
             "expirationTimestamp": expires.to_string(),
         },
     });
-    Ok(json_response(StatusCode::CREATED, &answer))
+    let mut response = json_response(StatusCode::CREATED, &answer);
+    for warning in warnings {
+        if let Ok(value) = http::HeaderValue::from_str(&format!("299 - {warning:?}")) {
+            response.headers_mut().append(http::header::WARNING, value);
+        }
+    }
+    Ok(response)
 }
 
 async fn service_account(

@@ -46,6 +46,7 @@ async fn atoll_member(dir: &std::path::Path) -> Result<(Hub, Kubeconfig)> {
             token_file: Some(tokens),
             extra_sans: Vec::new(),
             compaction_interval: None,
+            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
         },
     )
     .await?;

@@ -45,6 +45,7 @@ impl TestHub {
                 token_file,
                 extra_sans: vec![],
                 compaction_interval: None,
+                max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
             },
         )
         .await?;

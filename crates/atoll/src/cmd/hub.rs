@@ -41,6 +41,11 @@ pub struct Args {
     /// (`token,user,uid,"group1,group2"`).
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// The longest lifetime a ServiceAccount TokenRequest gets; longer requests are shortened
+    /// to it with a warning, as kube-apiserver's flag of the same name (0: no cap; otherwise
+    /// from 1h to 2^32 seconds).
+    #[arg(long, default_value = "8760h", value_parser = parse_max_expiration)]
+    service_account_max_token_expiration: Duration,
     /// Extra DNS names or IPs for the serving certificate (first start only).
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -83,6 +88,14 @@ impl Args {
     }
 }
 
+/// `0` (no cap) or a duration as `--ttl` reads it (90s, 30m, 1h, 2h30m, 1d).
+fn parse_max_expiration(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" => Ok(Duration::ZERO),
+        other => crate::cmd::pull::parse_duration(other),
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let limits = args.connection_limits()?;
     std::fs::create_dir_all(&args.data_dir)
@@ -113,6 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             token_file: args.token_auth_file,
             extra_sans: args.tls_sans,
             compaction_interval,
+            max_token_expiration: args.service_account_max_token_expiration,
         },
         limits,
     )

@@ -48,6 +48,7 @@ async fn start_atoll(
             token_file: None,
             extra_sans: vec![],
             compaction_interval: None,
+            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
         },
     )
     .await?)
