@@ -82,8 +82,10 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
     let query = Query::parse(req.uri().query());
     let path = req.uri().path().to_string();
     let target = parse_target(req.method(), &path, &query);
-    if !rbac::authorize(&state.storage, &user, &target).await? {
-        return Err(rbac::denied(&user, &target));
+    let authorized_as = named_by_field_selector(&target, &query);
+    let checked = authorized_as.as_ref().unwrap_or(&target);
+    if !rbac::authorize(&state.storage, &user, checked).await? {
+        return Err(rbac::denied(&user, checked));
     }
     match target {
         RequestTarget::NonResource { path, verb } => {
@@ -94,6 +96,27 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
         }
         RequestTarget::Resource(r) => resource(state, r, &query, &user, req).await,
     }
+}
+
+/// A list or watch whose field selector pins `metadata.name` is authorized as a request for
+/// that name, as upstream's RequestInfoFactory reads it (so RBAC `resourceNames` can grant
+/// watching one object). `None` when the request is authorized as it is.
+fn named_by_field_selector(target: &RequestTarget, query: &Query) -> Option<RequestTarget> {
+    let RequestTarget::Resource(r) = target else {
+        return None;
+    };
+    if r.name.is_some() || !matches!(r.verb, "list" | "watch") {
+        return None;
+    }
+    let selector = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default()).ok()?;
+    let name = selector.pinned_name()?;
+    // Upstream takes the name only when it is a valid path segment.
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) {
+        return None;
+    }
+    let mut named = r.clone();
+    named.name = Some(name.to_owned());
+    Some(RequestTarget::Resource(named))
 }
 
 async fn non_resource(
