@@ -513,14 +513,11 @@ async fn forged_and_expired_tokens_are_refused_and_leave_nothing_behind(
     let expiring =
         pull::create_bootstrap_token(&hub, DEFAULT_MANAGER_NAMESPACE, Duration::from_secs(1))
             .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let revoked = pull::revoke_bootstrap_tokens(
-        &hub,
-        DEFAULT_MANAGER_NAMESPACE,
-        None,
-        k8s_openapi::jiff::Timestamp::now(),
-    )
-    .await?;
+    // The registrar's sweep as it runs two seconds from now (an injected clock, no sleep).
+    let later = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(2))?;
+    let revoked =
+        pull::revoke_bootstrap_tokens(&hub, DEFAULT_MANAGER_NAMESPACE, None, later).await?;
     ensure!(revoked == 1, "the expired token is revoked ({revoked})");
     let outcome = atoll_agent::run(
         agent_options("m", member.clone(), hub_cluster, Some(expiring.token)),
