@@ -508,6 +508,9 @@ impl ClientSigner {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| format!("the certificate request does not parse or verify: {e}"))?;
         let params = &mut csr.params;
+        // rcgen keeps one value per attribute type; a subject with repeated types (several
+        // O: several groups) is copied whole, as kube-controller-manager copies it.
+        params.distinguished_name = subject_as_requested(csr_pem)?;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + duration;
@@ -529,6 +532,48 @@ impl ClientSigner {
             .map(|cert| cert.pem())
             .map_err(|e| format!("signing: {e}"))
     }
+}
+
+/// The subject of a PEM CSR with every attribute, in order: the first of each type as itself,
+/// repeats by their OID (which rcgen then writes as further attributes of that type).
+fn subject_as_requested(csr_pem: &str) -> Result<rcgen::DistinguishedName, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, block) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+        .map_err(|_| "must contain a PEM block".to_string())?;
+    let (_, request) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
+            .map_err(|e| format!("the certificate request does not parse: {e}"))?;
+    let mut name = rcgen::DistinguishedName::new();
+    let mut seen: Vec<Vec<u64>> = Vec::new();
+    let mut repeated: Vec<Vec<u64>> = Vec::new();
+    for attribute in request.certification_request_info.subject.iter_attributes() {
+        let Some(oid) = attribute
+            .attr_type()
+            .iter()
+            .map(Iterator::collect::<Vec<u64>>)
+        else {
+            return Err(
+                "the certificate request's subject has an attribute type out of range".into(),
+            );
+        };
+        let value = attribute
+            .as_str()
+            .map_err(|e| format!("the certificate request's subject is not text: {e}"))?;
+        let type_ = if repeated.contains(&oid) {
+            return Err(
+                "the certificate request's subject repeats an attribute type more than twice, which this signer cannot copy"
+                    .into(),
+            );
+        } else if seen.contains(&oid) {
+            repeated.push(oid.clone());
+            rcgen::DnType::CustomDnType(oid)
+        } else {
+            seen.push(oid.clone());
+            rcgen::DnType::from_oid(&oid)
+        };
+        name.push(type_, value);
+    }
+    Ok(name)
 }
 
 /// The usages kube-controller-manager's signer grants for `kube-apiserver-client`: client auth
