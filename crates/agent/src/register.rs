@@ -41,6 +41,9 @@ pub fn new_key() -> Result<rcgen::KeyPair, AgentError> {
         .map_err(|e| AgentError::Credentials(format!("generating a key: {e}")))
 }
 
+/// id-at-organizationName.
+const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
+
 /// A PEM CSR for the agent identity of `cluster`, certificate generation `generation`.
 pub fn csr_pem(
     cluster: &str,
@@ -54,8 +57,11 @@ pub fn csr_pem(
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, AGENT_GROUP);
+    // rcgen keeps one value per attribute type, so the second organization goes in by its
+    // OID (id-at-organizationName, 2.5.4.10): the subject then carries both, as Kubernetes
+    // reads groups from every O.
     params.distinguished_name.push(
-        rcgen::DnType::OrganizationName,
+        rcgen::DnType::CustomDnType(ORGANIZATION_OID.to_vec()),
         agent_generation_group(cluster, generation),
     );
     params

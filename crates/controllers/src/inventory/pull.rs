@@ -1666,10 +1666,14 @@ mod tests {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
-        for organization in organizations {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, *organization);
+        // rcgen keeps one value per attribute type: a second O goes in by its OID.
+        for (i, organization) in organizations.iter().enumerate() {
+            let type_ = if i == 0 {
+                rcgen::DnType::OrganizationName
+            } else {
+                rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
+            };
+            params.distinguished_name.push(type_, *organization);
         }
         let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
         let pem = params
@@ -1696,7 +1700,7 @@ mod tests {
         let escalation = check_agent_csr(
             &csr_with(
                 "system:atoll:agent:east",
-                &[AGENT_GROUP, east_gen.as_str(), "system:masters"],
+                &[east_gen.as_str(), "system:masters"],
             ),
             "east",
         );
