@@ -392,6 +392,18 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
         async || Ok((lease_renewed(&hub, "east").await? > renewed_before).then_some(())),
     )
     .await?;
+    // Once the new certificate is in use, the old one has no rights left.
+    common::eventually(
+        Duration::from_secs(30),
+        "the rotated-out certificate refused",
+        async || {
+            let works = Api::<Work>::namespaced(agent_hub.clone(), "atoll-cluster-east")
+                .list(&ListParams::default())
+                .await;
+            Ok(forbidden(works).then_some(()))
+        },
+    )
+    .await?;
 
     // The agent stops: Unknown after the grace, tainted; it comes back: healthy, untainted.
     stop_east.send(()).ok();
