@@ -172,7 +172,7 @@ fn pull_mode_as_the_readme_walks_it_a_used_token_is_gone_and_refused() -> Result
     assert!(!listed.contains(&token), "the secret is never listed");
 
     // The agent registers and waits; `atoll accept` lists it, then accepts it.
-    let _agent = Reaped(
+    let agent = Reaped(
         Command::new(env!("CARGO_BIN_EXE_atoll"))
             .args(agent_args(&printed, &member))
             .args(["--lease-period", "1"])
@@ -224,6 +224,29 @@ fn pull_mode_as_the_readme_walks_it_a_used_token_is_gone_and_refused() -> Result
     assert!(said.contains("401"), "{said}");
     assert!(!said.contains(&token), "the token is never printed: {said}");
     assert_eq!(member_state(&spare)?, before, "the member is as it was");
+
+    // A member whose registration went stale is cleared with one command.
+    drop(agent);
+    let reset = Command::new(env!("CARGO_BIN_EXE_atoll"))
+        .args(["agent", "--kubeconfig"])
+        .arg(&member)
+        .arg("--reset")
+        .env_remove("KUBECONFIG")
+        .env("RUST_LOG", "warn")
+        .output()?;
+    let said = ok(reset)?;
+    assert!(said.contains("edge-1"), "{said}");
+    assert!(
+        !member_state(&member)?.contains("atoll-agent-hub"),
+        "the stored credentials are gone"
+    );
+    // The namespace the agent created goes too (its deletion finishes in the background).
+    let mut stored = String::new();
+    let gone = wait_until(30, || {
+        stored = member_state(&member)?;
+        Ok(!stored.contains("Namespace//atoll-system "))
+    })?;
+    assert!(gone, "the agent's namespace is gone:\n{stored}");
 
     // `atoll token revoke --cluster`: a token made and revoked before any agent used it.
     ok(atoll(&hub, &["token", "create", "--cluster", "edge-2"])?)?;
