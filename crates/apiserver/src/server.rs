@@ -781,3 +781,45 @@ async fn resource(
         _ => Err(ApiError::method_not_allowed()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_of(path: &str, query: &str) -> (RequestTarget, Query) {
+        let query = Query::parse(Some(query));
+        (parse_target(&http::Method::GET, path, &query), query)
+    }
+
+    fn name_of(target: Option<RequestTarget>) -> Option<(String, &'static str)> {
+        match target? {
+            RequestTarget::Resource(r) => Some((r.name?, r.verb)),
+            RequestTarget::NonResource { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_field_selector_on_the_name_authorizes_as_that_name() {
+        let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+        let (t, q) = target_of(path, "watch=1&fieldSelector=metadata.name%3Dmine");
+        assert_eq!(
+            name_of(named_by_field_selector(&t, &q)),
+            Some(("mine".to_owned(), "watch"))
+        );
+        let (t, q) = target_of(path, "fieldSelector=metadata.name==mine");
+        assert_eq!(
+            name_of(named_by_field_selector(&t, &q)),
+            Some(("mine".to_owned(), "list"))
+        );
+        // Not an equality on the name, or not a valid path segment: authorized as a list.
+        for query in [
+            "fieldSelector=metadata.name!%3Dmine",
+            "fieldSelector=metadata.namespace%3Dx",
+            "fieldSelector=metadata.name%3D..",
+            "",
+        ] {
+            let (t, q) = target_of(path, query);
+            assert_eq!(named_by_field_selector(&t, &q), None, "{query}");
+        }
+    }
+}
