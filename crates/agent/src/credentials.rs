@@ -27,6 +27,7 @@ const KEY_CA: &str = "ca.crt";
 const KEY_CERT: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
 const KEY_ROTATED_FOR: &str = "rotated-for";
+const KEY_PENDING_GENERATION: &str = "pending-generation";
 
 /// Where the hub is and how to trust it.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct Credentials {
     pub key_pem: Vec<u8>,
     /// The last rotation request (Lease annotation) that has been handled.
     pub rotated_for: String,
+    /// The generation asked for by a registration still waiting for its certificate.
+    pub pending_generation: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -84,6 +87,20 @@ impl Credentials {
                 .map_err(|e| AgentError::Credentials(format!("certificate time: {e}")))
         };
         Ok((at(validity.not_before)?, at(validity.not_after)?))
+    }
+
+    /// The certificate's generation: the suffix of its `system:atoll:agent:<cluster>:<gen>`
+    /// organization. `None` for a certificate without one.
+    pub fn generation(&self) -> Option<String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&self.cert_pem).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        cert.subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .find_map(|o| {
+                atoll_controllers::inventory::pull::generation_of(&self.cluster, o)
+                    .map(str::to_owned)
+            })
     }
 
     /// The certificate's serial number, for logs and tests.
@@ -170,6 +187,7 @@ pub async fn load(member: &Client) -> Result<Option<Credentials>, AgentError> {
         cert_pem: field(KEY_CERT),
         key_pem: field(KEY_KEY),
         rotated_for: text(KEY_ROTATED_FOR),
+        pending_generation: text(KEY_PENDING_GENERATION),
     }))
 }
 
@@ -208,6 +226,10 @@ pub async fn store(member: &Client, credentials: &Credentials) -> Result<(), Age
         (
             KEY_ROTATED_FOR.to_owned(),
             credentials.rotated_for.as_bytes().to_vec(),
+        ),
+        (
+            KEY_PENDING_GENERATION.to_owned(),
+            credentials.pending_generation.as_bytes().to_vec(),
         ),
     ]);
     let mut secret = Secret {

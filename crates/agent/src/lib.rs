@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use atoll_api::about::ClusterProperty;
 use atoll_controllers::inventory::pull::{
-    AGENT_LEASE, AGENT_STATUS_CONFIGMAP, ANNOTATION_ROTATE, BootstrapToken, STATUS_KEY_PROPERTIES,
-    STATUS_KEY_READY, STATUS_KEY_VERSION, bootstrap_name, renewal_csr_name,
+    AGENT_LEASE, AGENT_STATUS_CONFIGMAP, ANNOTATION_GENERATION, ANNOTATION_ROTATE, BootstrapToken,
+    STATUS_KEY_PROPERTIES, STATUS_KEY_READY, STATUS_KEY_VERSION, bootstrap_name, new_generation,
+    renewal_csr_name,
 };
 use atoll_controllers::inventory::status::{Probe, probe_client};
 use atoll_controllers::inventory::{
@@ -244,16 +245,34 @@ async fn run_until_unjoined(
             "this member is not registered yet: pass the hub (--hub-server, --hub-ca-data) and a bootstrap token (--token), as `atoll token create` prints them".into(),
         ));
     }
+    if let Some(stored) = &stored
+        && !stored.cluster.is_empty()
+        && stored.cluster != options.cluster
+    {
+        return Err(AgentError::Invalid(format!(
+            "this member is registered as cluster {:?}, not {:?}; run the agent with --name {:?}, or clear the member's registration with `atoll agent --kubeconfig MEMBER_KUBECONFIG --reset` (and `atoll unjoin {}` on the hub if it is still joined there)",
+            stored.cluster, options.cluster, stored.cluster, stored.cluster
+        )));
+    }
+    if !registered && let (Some(hub), Some(token)) = (&options.hub, &options.bootstrap_token) {
+        // An expired, used, revoked or forged token is refused before the member is touched.
+        let bootstrap = credentials::token_client(hub, &token.secret).await?;
+        if let Err(error) = register::check_token(&bootstrap, &bootstrap_name(&token.id)).await {
+            if stored.is_some()
+                && matches!(error, AgentError::Unauthorized(_) | AgentError::Refused(_))
+            {
+                // An earlier attempt with this token left a pending registration: undo it.
+                warn!(cluster = %options.cluster, %error, "registration refused; removing what the agent created in the member");
+                inventory::leave_member(member).await?;
+                credentials::forget(member).await?;
+            }
+            return Err(error);
+        }
+    }
     let cluster_id = inventory::resolve_cluster_id(member, options.cluster_id.as_deref()).await?;
     inventory::install_about_api(member, &cluster_id, None).await?;
 
     let mut creds = match stored {
-        Some(stored) if !stored.cluster.is_empty() && stored.cluster != options.cluster => {
-            return Err(AgentError::Invalid(format!(
-                "this member is registered as cluster {:?}, not {:?}; run the agent with --name {:?} or unjoin that cluster first",
-                stored.cluster, options.cluster, stored.cluster
-            )));
-        }
         Some(stored) if !stored.cert_pem.is_empty() => stored,
         pending => {
             let facts = RegistrationFacts {
@@ -303,6 +322,17 @@ async fn run_until_unjoined(
     }
 }
 
+/// Clears a member's pull-mode registration: the stored hub credentials, the namespace the
+/// agent created, and the About API footprint Atoll wrote (`atoll agent --reset`). It does
+/// not tell the hub: unjoin the cluster there, or accept its next registration with
+/// `--replace`. Returns the cluster the member was registered as, if any.
+pub async fn reset(member: &Client) -> Result<Option<String>, AgentError> {
+    let stored = credentials::load(member).await?;
+    inventory::leave_member(member).await?;
+    credentials::forget(member).await?;
+    Ok(stored.map(|c| c.cluster).filter(|c| !c.is_empty()))
+}
+
 async fn register(
     options: &AgentOptions,
     pending: Option<Credentials>,
@@ -313,11 +343,18 @@ async fn register(
             "a bootstrap token and the hub are needed to register".into(),
         ));
     };
-    // The key is stored before the CSR is sent, so that a restart waits for the same CSR.
-    let key = match pending.as_ref().filter(|p| !p.key_pem.is_empty()) {
-        Some(stored) => rcgen::KeyPair::from_pem(&String::from_utf8_lossy(&stored.key_pem))
-            .map_err(|e| AgentError::Credentials(format!("the stored key: {e}")))?,
-        None => register::new_key()?,
+    // The key and generation are stored before the CSR is sent, so that a restart waits for
+    // the same CSR.
+    let resumed = pending
+        .as_ref()
+        .filter(|p| !p.key_pem.is_empty() && !p.pending_generation.is_empty());
+    let (key, generation) = match resumed {
+        Some(stored) => (
+            rcgen::KeyPair::from_pem(&String::from_utf8_lossy(&stored.key_pem))
+                .map_err(|e| AgentError::Credentials(format!("the stored key: {e}")))?,
+            stored.pending_generation.clone(),
+        ),
+        None => (register::new_key()?, new_generation()),
     };
     let mut creds = Credentials {
         cluster: options.cluster.clone(),
@@ -325,19 +362,25 @@ async fn register(
         cert_pem: Vec::new(),
         key_pem: key.serialize_pem().into_bytes(),
         rotated_for: String::new(),
+        pending_generation: generation.clone(),
     };
     credentials::store(&options.member, &creds).await?;
     let bootstrap = credentials::token_client(hub, &token.secret).await?;
     info!(cluster = %options.cluster, token_id = %token.id, "registering with the hub");
     creds.cert_pem = register::request_certificate(
         &bootstrap,
-        &bootstrap_name(&token.id),
-        &options.cluster,
-        &key,
-        Some(facts),
-        &format!("run `atoll accept {}` on the hub", options.cluster),
+        &register::CertificateRequest {
+            name: &bootstrap_name(&token.id),
+            cluster: &options.cluster,
+            generation: &generation,
+            key: &key,
+            facts: Some(facts),
+            kind: register::RequestKind::Registration,
+            wait_hint: &format!("run `atoll accept {}` on the hub", options.cluster),
+        },
     )
     .await?;
+    creds.pending_generation = String::new();
     credentials::store(&options.member, &creds).await?;
     info!(cluster = %options.cluster, "accepted by the hub");
     Ok(creds)
@@ -349,15 +392,20 @@ async fn renew(
     requested: String,
 ) -> Result<Credentials, AgentError> {
     let key = register::new_key()?;
+    let generation = new_generation();
     let name = renewal_csr_name(&creds.cluster);
     register::delete_request(hub, &name).await?;
     let cert_pem = register::request_certificate(
         hub,
-        &name,
-        &creds.cluster,
-        &key,
-        None,
-        "renewals are approved by the hub's `atoll controller`",
+        &register::CertificateRequest {
+            name: &name,
+            cluster: &creds.cluster,
+            generation: &generation,
+            key: &key,
+            facts: None,
+            kind: register::RequestKind::Renewal,
+            wait_hint: "renewals are approved by the hub's `atoll controller`",
+        },
     )
     .await?;
     Ok(Credentials {
@@ -405,6 +453,8 @@ async fn session(
     let reports: Api<ConfigMap> = Api::namespaced(connected.hub.clone(), &connected.namespace);
     let mut ticker = tokio::time::interval(options.lease_period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let generation = creds.generation().unwrap_or_default();
+    let mut renewal_cleared = false;
     let mut refusals = 0;
     let mut ready = String::new();
     let mut reported: Option<BTreeMap<String, String>> = None;
@@ -414,9 +464,25 @@ async fn session(
             () = properties_changed.notified() => false,
         };
         if tick {
-            match renew_lease(&leases, &connected.cluster).await {
+            match renew_lease(&leases, &connected.cluster, &generation).await {
                 Ok(rotation) => {
                     refusals = 0;
+                    if !renewal_cleared {
+                        // The Lease now names this certificate's generation; removing the
+                        // renewal request wakes the hub's registrar, which then revokes the
+                        // previous certificate.
+                        match register::delete_request(
+                            &connected.hub,
+                            &renewal_csr_name(&connected.cluster),
+                        )
+                        .await
+                        {
+                            Ok(()) => renewal_cleared = true,
+                            Err(error) => {
+                                warn!(cluster = %connected.cluster, %error, "removing the answered renewal request");
+                            }
+                        }
+                    }
                     if let Some(requested) = rotation.filter(|r| *r != creds.rotated_for) {
                         info!(cluster = %connected.cluster, "the hub asked for new credentials");
                         return Ok(SessionEnd::Rotate(requested));
@@ -468,11 +534,18 @@ async fn session(
 }
 
 /// Renews the agent's Lease (creating it when missing); returns the rotation request on it.
-async fn renew_lease(leases: &Api<Lease>, cluster: &str) -> Result<Option<String>, kube::Error> {
+async fn renew_lease(
+    leases: &Api<Lease>,
+    cluster: &str,
+    generation: &str,
+) -> Result<Option<String>, kube::Error> {
     let now = MicroTime(Timestamp::now());
     match leases.get_opt(AGENT_LEASE).await? {
         Some(lease) => {
-            let patch = serde_json::json!({"spec": {"renewTime": now, "holderIdentity": format!("atoll-agent-{cluster}")}});
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {ANNOTATION_GENERATION: generation}},
+                "spec": {"renewTime": now, "holderIdentity": format!("atoll-agent-{cluster}")},
+            });
             leases
                 .patch(AGENT_LEASE, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
@@ -482,6 +555,10 @@ async fn renew_lease(leases: &Api<Lease>, cluster: &str) -> Result<Option<String
             let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(AGENT_LEASE.to_owned()),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_GENERATION.to_owned(),
+                        generation.to_owned(),
+                    )])),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {

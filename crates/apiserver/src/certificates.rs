@@ -1008,6 +1008,36 @@ mod tests {
     }
 
     #[test]
+    fn the_signer_copies_every_organization_of_the_subject()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        crate::pki::Pki::load_or_create(dir.path(), &[])?;
+        let signer = ClientSigner::load(dir.path())?;
+        let key = KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "agent");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "group-one");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]), "group-two");
+        let pem = params.serialize_request(&key)?.pem()?;
+        let cert = signer.sign(&pem, &["client auth"], Duration::from_secs(600))?;
+        let (_, block) = x509_parser::pem::parse_x509_pem(cert.as_bytes())?;
+        let parsed = block.parse_x509()?;
+        let groups: Vec<&str> = parsed
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .collect();
+        assert_eq!(groups, ["group-one", "group-two"]);
+        Ok(())
+    }
+
+    #[test]
     fn the_signer_honours_usages_and_expiration() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let pki = crate::pki::Pki::load_or_create(dir.path(), &[])?;

@@ -104,8 +104,10 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
     let query = Query::parse(req.uri().query());
     let path = req.uri().path().to_string();
     let target = parse_target(req.method(), &path, &query);
-    if !rbac::authorize(&state.storage, &user, &target).await? {
-        return Err(rbac::denied(&user, &target));
+    let authorized_as = named_by_field_selector(&target, &query);
+    let checked = authorized_as.as_ref().unwrap_or(&target);
+    if !rbac::authorize(&state.storage, &user, checked).await? {
+        return Err(rbac::denied(&user, checked));
     }
     match target {
         RequestTarget::NonResource { path, verb } => {
@@ -116,6 +118,27 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
         }
         RequestTarget::Resource(r) => resource(state, r, &query, &user, req).await,
     }
+}
+
+/// A list or watch whose field selector pins `metadata.name` is authorized as a request for
+/// that name, as upstream's RequestInfoFactory reads it (so RBAC `resourceNames` can grant
+/// watching one object). `None` when the request is authorized as it is.
+fn named_by_field_selector(target: &RequestTarget, query: &Query) -> Option<RequestTarget> {
+    let RequestTarget::Resource(r) = target else {
+        return None;
+    };
+    if r.name.is_some() || !matches!(r.verb, "list" | "watch") {
+        return None;
+    }
+    let selector = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default()).ok()?;
+    let name = selector.pinned_name()?;
+    // Upstream takes the name only when it is a valid path segment.
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) {
+        return None;
+    }
+    let mut named = r.clone();
+    named.name = Some(name.to_owned());
+    Some(RequestTarget::Resource(named))
 }
 
 async fn non_resource(
@@ -915,5 +938,42 @@ mod tests {
         )?;
         assert_eq!(doc, json!({"a": {"x": "y"}, "b": "y"}));
         Ok(())
+    }
+
+    fn target_of(path: &str, query: &str) -> (RequestTarget, Query) {
+        let query = Query::parse(Some(query));
+        (parse_target(&http::Method::GET, path, &query), query)
+    }
+
+    fn name_of(target: Option<RequestTarget>) -> Option<(String, &'static str)> {
+        match target? {
+            RequestTarget::Resource(r) => Some((r.name?, r.verb)),
+            RequestTarget::NonResource { .. } => None,
+        }
+    }
+
+    #[test]
+    fn a_field_selector_on_the_name_authorizes_as_that_name() {
+        let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+        let (t, q) = target_of(path, "watch=1&fieldSelector=metadata.name%3Dmine");
+        assert_eq!(
+            name_of(named_by_field_selector(&t, &q)),
+            Some(("mine".to_owned(), "watch"))
+        );
+        let (t, q) = target_of(path, "fieldSelector=metadata.name==mine");
+        assert_eq!(
+            name_of(named_by_field_selector(&t, &q)),
+            Some(("mine".to_owned(), "list"))
+        );
+        // Not an equality on the name, or not a valid path segment: authorized as a list.
+        for query in [
+            "fieldSelector=metadata.name!%3Dmine",
+            "fieldSelector=metadata.namespace%3Dx",
+            "fieldSelector=metadata.name%3D..",
+            "",
+        ] {
+            let (t, q) = target_of(path, query);
+            assert_eq!(named_by_field_selector(&t, &q), None, "{query}");
+        }
     }
 }

@@ -34,7 +34,7 @@ enum Command {
     Get(cmd::get::Args),
     /// Run the hub-side controllers against a Kubernetes hub, with leader election.
     Controller(cmd::controller::Args),
-    /// Bootstrap tokens for pull-mode agents (`atoll token create`).
+    /// Bootstrap tokens for pull-mode agents (`atoll token create`, `list`, `revoke`).
     #[command(subcommand)]
     Token(cmd::pull::TokenCommand),
     /// Accept a pull-mode agent waiting to join (without a name: list the waiting ones).

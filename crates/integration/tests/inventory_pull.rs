@@ -392,6 +392,18 @@ async fn agents_register_report_rotate_and_unjoin_confined_to_their_namespace(
         async || Ok((lease_renewed(&hub, "east").await? > renewed_before).then_some(())),
     )
     .await?;
+    // Once the new certificate is in use, the old one has no rights left.
+    common::eventually(
+        Duration::from_secs(30),
+        "the rotated-out certificate refused",
+        async || {
+            let works = Api::<Work>::namespaced(agent_hub.clone(), "atoll-cluster-east")
+                .list(&ListParams::default())
+                .await;
+            Ok(forbidden(works).then_some(()))
+        },
+    )
+    .await?;
 
     // The agent stops: Unknown after the grace, tainted; it comes back: healthy, untainted.
     stop_east.send(()).ok();
@@ -514,14 +526,11 @@ async fn forged_and_expired_tokens_are_refused_and_leave_nothing_behind(
     let expiring =
         pull::create_bootstrap_token(&hub, DEFAULT_MANAGER_NAMESPACE, Duration::from_secs(1))
             .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let revoked = pull::revoke_bootstrap_tokens(
-        &hub,
-        DEFAULT_MANAGER_NAMESPACE,
-        None,
-        k8s_openapi::jiff::Timestamp::now(),
-    )
-    .await?;
+    // The registrar's sweep as it runs two seconds from now (an injected clock, no sleep).
+    let later = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(2))?;
+    let revoked =
+        pull::revoke_bootstrap_tokens(&hub, DEFAULT_MANAGER_NAMESPACE, None, later).await?;
     ensure!(revoked == 1, "the expired token is revoked ({revoked})");
     let outcome = atoll_agent::run(
         agent_options("m", member.clone(), hub_cluster, Some(expiring.token)),

@@ -21,6 +21,39 @@ use crate::connect::ClusterArgs;
 pub enum TokenCommand {
     /// Create a short-lived bootstrap token and print the `atoll agent` command that uses it.
     Create(TokenCreateArgs),
+    /// List the bootstrap tokens that still work or wait: cluster, expiry, state.
+    List(TokenListArgs),
+    /// Revoke a bootstrap token by its id (the part before the dot), or every token of a
+    /// cluster.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TokenListArgs {
+    /// Hub namespace that holds ClusterProfiles and bootstrap identities.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: ClusterArgs,
+}
+
+#[derive(clap::Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id, as `atoll token list` shows it.
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    name: Option<String>,
+    /// Revoke every token made for this cluster, or whose agent asks for it.
+    #[arg(long, value_name = "CLUSTER")]
+    cluster: Option<String>,
+    /// Hub namespace that holds ClusterProfiles and bootstrap identities.
+    #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
+    manager_namespace: String,
+    #[command(flatten)]
+    hub: ClusterArgs,
 }
 
 #[derive(clap::Args)]
@@ -28,9 +61,16 @@ pub struct TokenCreateArgs {
     /// How long the token works, such as 30m, 1h or 2h30m.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
-    /// The cluster name to put in the printed command.
+    /// The cluster the token is for: it registers only this name, which the printed command
+    /// carries.
     #[arg(long, value_name = "NAME")]
     cluster: Option<String>,
+    /// The ClusterSet the agent joins (carried into the printed command).
+    #[arg(long, value_name = "SET")]
+    clusterset: Option<String>,
+    /// Labels for the ClusterProfile, as k=v,k=v (carried into the printed command).
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    labels: Vec<String>,
     /// The hub URL agents dial, when it differs from the kubeconfig's.
     #[arg(long, value_name = "URL")]
     hub_server: Option<String>,
@@ -45,6 +85,10 @@ pub struct TokenCreateArgs {
 pub struct AcceptArgs {
     /// The cluster whose agent is waiting; without it, list the waiting agents.
     name: Option<String>,
+    /// Give a joined pull-mode cluster's name to this new agent, revoking the current agent's
+    /// certificate at once (for a member rebuilt or moved to new hardware).
+    #[arg(long, requires = "name")]
+    replace: bool,
     /// Hub namespace that holds ClusterProfiles.
     #[arg(long, value_name = "NAMESPACE", default_value = DEFAULT_MANAGER_NAMESPACE)]
     manager_namespace: String,
@@ -63,8 +107,13 @@ pub struct RotateArgs {
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// The cluster's name on the hub.
-    #[arg(long, value_name = "NAME")]
-    name: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "reset")]
+    name: Option<String>,
+    /// Clear this member's pull-mode registration (stored hub credentials, the namespace and
+    /// About API properties the agent wrote) and exit. The hub is not told: unjoin the
+    /// cluster there, or accept its next registration with `atoll accept NAME --replace`.
+    #[arg(long, conflicts_with_all = ["hub_server", "token"])]
+    reset: bool,
     /// The hub's URL (needed to register; afterwards it is stored in the member).
     #[arg(long, value_name = "URL")]
     hub_server: Option<String>,
@@ -144,7 +193,15 @@ fn pem_from_der(der: &[u8]) -> String {
 }
 
 pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::Create(args) = command;
+    match command {
+        TokenCommand::Create(args) => token_create(args).await,
+        TokenCommand::List(args) => token_list(args).await,
+        TokenCommand::Revoke(args) => token_revoke(args).await,
+    }
+}
+
+async fn token_create(args: TokenCreateArgs) -> anyhow::Result<()> {
+    let labels = parse_labels(&args.labels)?;
     let config = args.hub.config().await?;
     let server = args.hub_server.clone().unwrap_or_else(|| {
         config
@@ -164,18 +221,135 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         );
     }
     let hub = kube::Client::try_from(config)?;
-    let created = pull::create_bootstrap_token(&hub, &args.manager_namespace, args.ttl).await?;
+    let intent = pull::TokenIntent {
+        cluster: args.cluster.clone(),
+        cluster_set: args.clusterset.clone(),
+        labels: labels.clone(),
+    };
+    let created =
+        pull::create_bootstrap_token_for(&hub, &args.manager_namespace, args.ttl, &intent).await?;
     let name = args.cluster.as_deref().unwrap_or("CLUSTER_NAME");
     eprintln!(
         "bootstrap token {} created; it registers one cluster and expires at {}",
         created.token.id, created.expires_at
     );
     eprintln!("run this with the member's kubeconfig:");
+    let mut extra = String::new();
+    if let Some(set) = &args.clusterset {
+        extra.push_str(&format!(" --clusterset {set}"));
+    }
+    if !labels.is_empty() {
+        let joined: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        extra.push_str(&format!(" --labels {}", joined.join(",")));
+    }
     println!(
-        "atoll agent --kubeconfig MEMBER_KUBECONFIG --name {name} --hub-server {server} --hub-ca-data {} --token {}",
+        "atoll agent --kubeconfig MEMBER_KUBECONFIG --name {name}{extra} --hub-server {server} --hub-ca-data {} --token {}",
         base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()),
         created.token
     );
+    Ok(())
+}
+
+/// Columns padded as kubectl pads them: three spaces after the widest cell.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let width = widths.get(c).copied().unwrap_or(0);
+                line.push_str(&format!("{cell:<width$}   "));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// How long until `at`, as kubectl prints ages: 45s, 12m, 3h, 2d.
+fn until(at: Timestamp, now: Timestamp) -> String {
+    let seconds = at.duration_since(now).as_secs();
+    if seconds <= 0 {
+        return "<expired>".into();
+    }
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+async fn token_list(args: TokenListArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    let now = Timestamp::now();
+    let tokens = pull::list_bootstrap_tokens(&hub, &args.manager_namespace, now).await?;
+    if tokens.is_empty() {
+        eprintln!(
+            "No resources found in {} namespace.",
+            args.manager_namespace
+        );
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "NAME".to_owned(),
+        "CLUSTER".to_owned(),
+        "EXPIRES".to_owned(),
+        "STATE".to_owned(),
+    ]];
+    for token in tokens {
+        rows.push(vec![
+            token.id,
+            token.cluster.unwrap_or_else(|| "<none>".into()),
+            token
+                .expires_at
+                .map_or_else(|| "<unknown>".into(), |at| until(at, now)),
+            token.state.to_string(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+async fn token_revoke(args: TokenRevokeArgs) -> anyhow::Result<()> {
+    let hub = args.hub.client().await?;
+    match (args.name, args.cluster) {
+        (Some(name), _) => {
+            // Accept the whole token too, but never echo its secret.
+            let id = name.split('.').next().unwrap_or_default().to_owned();
+            let revoked = pull::revoke_bootstrap_tokens(
+                &hub,
+                &args.manager_namespace,
+                Some(id.as_str()),
+                Timestamp::now(),
+            )
+            .await?;
+            if revoked == 0 {
+                bail!("bootstrap token {id:?} not found (`atoll token list` shows the live ones)");
+            }
+            println!("bootstrap token {id} revoked");
+        }
+        (None, Some(cluster)) => {
+            let revoked =
+                pull::revoke_cluster_tokens(&hub, &args.manager_namespace, &cluster).await?;
+            if revoked == 0 {
+                bail!(
+                    "no bootstrap token of cluster {cluster:?} found (`atoll token list` shows the live ones)"
+                );
+            }
+            println!("{revoked} bootstrap token(s) of cluster {cluster} revoked");
+        }
+        (None, None) => bail!("name a token, or a cluster with --cluster"),
+    }
     Ok(())
 }
 
@@ -194,7 +368,15 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let accepted = pull::accept(&hub, &args.manager_namespace, &name).await?;
+    let accepted = pull::accept_with(
+        &hub,
+        &args.manager_namespace,
+        &name,
+        pull::AcceptOptions {
+            replace: args.replace,
+        },
+    )
+    .await?;
     println!(
         "cluster {name} accepted (cluster ID {}, ClusterSet {}); its hub namespace is {}",
         accepted.registration.cluster_id, accepted.registration.cluster_set, accepted.namespace
@@ -251,6 +433,20 @@ pub fn agent_tasks() -> Vec<ClusterTask> {
 
 pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<()> {
     let member = args.member.client().await?;
+    if args.reset {
+        match atoll_agent::reset(&member).await? {
+            Some(cluster) => println!(
+                "the member's registration as cluster {cluster} is cleared; on the hub, `atoll unjoin {cluster}` if it is still joined, or accept its next registration with `atoll accept {cluster} --replace`"
+            ),
+            None => {
+                println!("the member holds no registration; Atoll's footprint, if any, is removed")
+            }
+        }
+        return Ok(());
+    }
+    let Some(name) = args.name else {
+        bail!("--name is required (unless --reset)");
+    };
     let ca_pem = match (&args.hub_ca_data, &args.hub_ca) {
         (Some(data), _) => Some(
             base64::engine::general_purpose::STANDARD
@@ -272,7 +468,7 @@ pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<(
         .map(|t| t.parse::<BootstrapToken>())
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let mut options = AgentOptions::new(args.name.clone(), member);
+    let mut options = AgentOptions::new(name.clone(), member);
     options.hub = hub;
     options.bootstrap_token = bootstrap_token;
     options.cluster_id = args.cluster_id;
@@ -281,10 +477,9 @@ pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<(
     options.lease_period = Duration::from_secs(args.lease_period.max(1));
     match atoll_agent::run(options, tasks, shutdown_signal()).await? {
         Exit::Shutdown => eprintln!("agent stopped"),
-        Exit::Unjoined => println!(
-            "cluster {} was unjoined; the agent removed what it created in the member",
-            args.name
-        ),
+        Exit::Unjoined => {
+            println!("cluster {name} was unjoined; the agent removed what it created in the member")
+        }
     }
     Ok(())
 }
