@@ -1,7 +1,7 @@
 //! `atoll dns`.
 
 use crate::cmd::controller::shutdown_signal;
-use crate::connect::ClusterArgs;
+use crate::connect::MemberArgs;
 
 /// Flags of `atoll dns`.
 #[derive(clap::Args)]
@@ -18,13 +18,13 @@ pub struct Args {
     /// Address of the name server, for its A/AAAA record and NS glue; repeatable.
     #[arg(long = "ns-address", value_name = "IP")]
     ns_addresses: Vec<std::net::IpAddr>,
-    /// The cluster whose ServiceImports and EndpointSlices are served.
+    /// The member cluster whose ServiceImports and EndpointSlices are served.
     #[command(flatten)]
-    cluster: ClusterArgs,
+    member: MemberArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = args.cluster.client().await?;
+    let client = args.member.client("atoll dns").await?;
     let mut zone = atoll_dns::ZoneConfig::new(&args.zone)?.with_ns_addresses(args.ns_addresses);
     if let Some(name) = &args.ns_name {
         zone = zone.with_ns_name(name)?;
