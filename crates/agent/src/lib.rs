@@ -50,7 +50,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use credentials::{Credentials, HubEndpoint};
 pub use register::RegistrationFacts;
@@ -175,6 +175,8 @@ pub enum Exit {
 
 /// Consecutive refusals of the agent's own namespace that mean it was unjoined.
 const UNJOINED_AFTER: u32 = 3;
+/// How soon a refusal is checked again (not a whole lease period later).
+const UNJOINED_RECHECK: Duration = Duration::from_secs(1);
 
 /// Runs the agent until `shutdown`, or until the cluster is unjoined.
 pub async fn run(
@@ -459,8 +461,18 @@ async fn session(
     let mut ready = String::new();
     let mut reported: Option<BTreeMap<String, String>> = None;
     loop {
+        // After a refusal, ask again within a second: the cluster's tasks fail meanwhile.
+        let refused = refusals > 0;
+        let recheck = async move {
+            if refused {
+                tokio::time::sleep(UNJOINED_RECHECK).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let tick = tokio::select! {
             _ = ticker.tick() => true,
+            () = recheck => true,
             () = properties_changed.notified() => false,
         };
         if tick {
@@ -490,7 +502,11 @@ async fn session(
                 }
                 Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
                     refusals += 1;
-                    warn!(cluster = %connected.cluster, refusals, "the hub refuses the agent's namespace: {}", status.message);
+                    if refusals == 1 {
+                        info!(cluster = %connected.cluster, "the hub refuses the agent's namespace ({}); checking whether the cluster was unjoined", status.message);
+                    } else {
+                        debug!(cluster = %connected.cluster, refusals, "the hub refuses the agent's namespace: {}", status.message);
+                    }
                     if refusals >= UNJOINED_AFTER {
                         return Ok(SessionEnd::Unjoined);
                     }
@@ -527,6 +543,12 @@ async fn session(
         if reported.as_ref() != Some(&data) {
             match write_report(&reports, &connected.cluster, &data).await {
                 Ok(()) => reported = Some(data),
+                // Refused: the lease renewal (checked again within a second) tells whether
+                // the cluster was unjoined; no warning per refused report meanwhile.
+                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 404 => {
+                    debug!(cluster = %connected.cluster, "reporting status refused: {}", status.message);
+                    refusals = refusals.max(1);
+                }
                 Err(error) => warn!(cluster = %connected.cluster, %error, "reporting status"),
             }
         }

@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 
 use crate::registry::{PrinterColumn, ResourceDef};
 
+mod jsonpath;
+
 /// kube's `duration.HumanDuration`.
 pub fn human_duration(seconds: i64) -> String {
     if seconds < -1 {
@@ -58,99 +60,35 @@ fn age(timestamp: Option<&str>) -> String {
     human_duration(jiff::Timestamp::now().as_second() - ts.as_second())
 }
 
-/// Evaluates the simple JSONPath forms printer columns use: `.a.b`, `.a[0].b`, `.a[*].b`
-/// and `.a[?(@.type=="Ready")].status`.
+/// Evaluates a printer column's JSONPath as kube-apiserver does (see [`jsonpath`]).
 pub fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
-    let path = path
-        .trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .trim_start_matches('$');
-    let mut current: Vec<&Value> = vec![obj];
-    let mut rest = path;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('.') {
-            let end = r.find(['.', '[']).unwrap_or(r.len());
-            let field = &r[..end];
-            current = current.into_iter().filter_map(|v| v.get(field)).collect();
-            rest = &r[end..];
-        } else if let Some(r) = rest.strip_prefix('[') {
-            let Some(close) = r.find(']') else {
-                return Vec::new();
-            };
-            let inner = &r[..close];
-            rest = &r[close + 1..];
-            if inner == "*" {
-                current = current
-                    .into_iter()
-                    .flat_map(|v| {
-                        v.as_array()
-                            .map(|a| a.iter().collect::<Vec<_>>())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-            } else if let Ok(i) = inner.parse::<usize>() {
-                current = current.into_iter().filter_map(|v| v.get(i)).collect();
-            } else if let Some(filter) =
-                inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')'))
-            {
-                let Some((field, value)) = filter.split_once("==") else {
-                    return Vec::new();
-                };
-                let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
-                let field = field.trim();
-                current = current
-                    .into_iter()
-                    .flat_map(|v| {
-                        v.as_array()
-                            .map(|a| a.iter().collect::<Vec<_>>())
-                            .unwrap_or_default()
-                    })
-                    .filter(|item| {
-                        item.get(field).is_some_and(|f| match f {
-                            Value::String(s) => s == value,
-                            other => {
-                                serde_json::from_str::<Value>(value).ok().as_ref() == Some(other)
-                            }
-                        })
-                    })
-                    .collect();
-            } else {
-                return Vec::new();
-            }
-        } else {
-            return Vec::new();
-        }
-    }
-    current
+    jsonpath::find(obj, path)
 }
 
+/// A printer column's cell, as upstream's CRD table convertor makes it: the first value the
+/// path finds (or nothing), converted to the column's type; a value of another type is empty.
 fn cell(obj: &Value, col: &PrinterColumn) -> Value {
     let values = json_path(obj, &col.json_path);
     let Some(first) = values.first() else {
         return Value::Null;
     };
-    if col.type_ == "date" {
-        return json!(age(first.as_str()));
-    }
-    if values.len() > 1 {
-        let joined: Vec<String> = values
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string())
-            })
-            .collect();
-        return json!(joined.join(","));
-    }
     match (col.type_.as_str(), first) {
-        ("string", Value::String(_))
-        | ("integer", Value::Number(_))
-        | ("number", Value::Number(_))
-        | ("boolean", Value::Bool(_)) => (*first).clone(),
-        ("string", other) => json!(other.to_string()),
-        (_, other) => (*other).clone(),
+        (_, Value::Null) => Value::Null,
+        ("string", value) => json!(jsonpath::to_text(value)),
+        ("integer", Value::Number(n)) => match n.as_i64() {
+            Some(i) => json!(i),
+            // float64 to int64 truncates toward zero, as Go converts it.
+            None => n
+                .as_f64()
+                .map(|f| json!(f.trunc() as i64))
+                .unwrap_or(Value::Null),
+        },
+        ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) => (*first).clone(),
+        ("date", Value::String(s)) => match s.parse::<jiff::Timestamp>() {
+            Ok(_) => json!(age(Some(s))),
+            Err(_) => json!("<invalid>"),
+        },
+        _ => Value::Null,
     }
 }
 

@@ -521,3 +521,120 @@ async fn escalation_refusals_match_kube_apiserver() -> anyhow::Result<()> {
     assert_same_steps(&expected, &actual);
     Ok(())
 }
+
+/// A CRD whose printer columns use every JSONPath form upstream's CRD table convertor reads:
+/// the ClusterProfile's escaped-dot label keys, `['key']`, indexes (negative too), slices,
+/// unions, `..`, filters, and cells of each type (a value of another type prints empty).
+const PRINTED_CRD: &str = r#"{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+ "metadata": {"name": "gadgets.printer.example.com"},
+ "spec": {"group": "printer.example.com", "scope": "Namespaced",
+  "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "listKind": "GadgetList"},
+  "versions": [{"name": "v1", "served": true, "storage": true,
+   "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+     "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+     "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
+   "additionalPrinterColumns": [
+    {"name": "ClusterSet", "type": "string", "jsonPath": ".metadata.labels.multicluster\\.x-k8s\\.io/clusterset"},
+    {"name": "Mode", "type": "string", "jsonPath": ".metadata.labels.atoll\\.io/mode"},
+    {"name": "Bracket", "type": "string", "jsonPath": ".metadata.labels['atoll\\.io/mode']"},
+    {"name": "Second", "type": "string", "jsonPath": ".spec.items[1].name"},
+    {"name": "Last", "type": "string", "jsonPath": ".spec.items[-1].name"},
+    {"name": "Slice", "type": "string", "jsonPath": ".spec.items[1:3].name"},
+    {"name": "Union", "type": "string", "jsonPath": ".spec.items[2,0].name"},
+    {"name": "Every", "type": "string", "jsonPath": ".spec.items[*].name"},
+    {"name": "Deep", "type": "string", "jsonPath": ".spec.items..name"},
+    {"name": "Whole", "type": "string", "jsonPath": ".spec.items[0]"},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+    {"name": "Big", "type": "string", "jsonPath": ".status.conditions[?(@.weight>2)].type"},
+    {"name": "Count", "type": "integer", "jsonPath": ".spec.count"},
+    {"name": "Ratio", "type": "number", "jsonPath": ".spec.ratio"},
+    {"name": "RatioText", "type": "string", "jsonPath": ".spec.ratio"},
+    {"name": "Flag", "type": "boolean", "jsonPath": ".spec.flag"},
+    {"name": "Mistyped", "type": "integer", "jsonPath": ".spec.items[0].name"},
+    {"name": "Missing", "type": "string", "jsonPath": ".spec.nothing.here"},
+    {"name": "OutOfRange", "type": "string", "jsonPath": ".spec.items[7].name"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]}]}}"#;
+
+const PRINTED_GADGET: &str = r#"{"apiVersion": "printer.example.com/v1", "kind": "Gadget",
+ "metadata": {"name": "g1", "namespace": "default",
+  "labels": {"multicluster.x-k8s.io/clusterset": "prod", "atoll.io/mode": "push"}},
+ "spec": {"items": [{"name": "a"}, {"name": "b"}, {"name": "c"}], "count": 7, "ratio": 1.5, "flag": true},
+ "status": {"conditions": [{"type": "Healthy", "status": "False", "weight": 1},
+  {"type": "Ready", "status": "True", "weight": 5}]}}"#;
+
+fn run_printer_scenario(kubeconfig: &Path) -> anyhow::Result<Vec<(&'static str, Printed)>> {
+    let steps: [(&'static str, &[&str], Option<&str>); 5] = [
+        ("create crd", &["create", "-f", "-"], Some(PRINTED_CRD)),
+        (
+            "established",
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/gadgets.printer.example.com",
+            ],
+            None,
+        ),
+        (
+            "create gadget",
+            &["create", "-f", "-"],
+            Some(PRINTED_GADGET),
+        ),
+        ("get table", &["get", "gadgets", "-n", "default"], None),
+        (
+            "get wide",
+            &["get", "gadget", "g1", "-n", "default", "-o", "wide"],
+            None,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, args, stdin) in steps {
+        // The CRD may be Established a moment before its kind is served.
+        let output = if name == "create gadget" {
+            let mut attempt = 0;
+            loop {
+                let output = kubectl(kubeconfig, args, stdin)?;
+                attempt += 1;
+                if output.status.success() || attempt >= 50 {
+                    break output;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            kubectl(kubeconfig, args, stdin)?
+        };
+        results.push((name, printed(&output, None)));
+    }
+    Ok(results)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printer_columns_print_the_same_against_both_servers() -> anyhow::Result<()> {
+    let testbed = Testbed::start(TestbedConfig {
+        controller_manager: false,
+        ..Default::default()
+    })
+    .await?;
+    let kube_kubeconfig = testbed.clusters()[0].kubeconfig_path().to_path_buf();
+    let hub = TestHub::start().await?;
+    let atoll_kubeconfig = hub.kubeconfig().to_path_buf();
+    let (expected, actual) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        Ok((
+            run_printer_scenario(&kube_kubeconfig)?,
+            run_printer_scenario(&atoll_kubeconfig)?,
+        ))
+    })
+    .await??;
+    // What kube-apiserver prints is what the columns are for: the labels' values show.
+    let (_, table) = expected
+        .iter()
+        .find(|(name, _)| *name == "get table")
+        .ok_or_else(|| anyhow::anyhow!("no table step"))?;
+    assert!(table.success, "{table:?}");
+    assert!(
+        table.stdout.contains("prod push push"),
+        "kube-apiserver prints the label columns: {table:?}"
+    );
+    assert_same_steps(&expected, &actual);
+    Ok(())
+}

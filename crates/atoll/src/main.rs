@@ -2,8 +2,11 @@
 
 mod cmd;
 mod connect;
+mod output;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -12,6 +15,10 @@ use clap::{Parser, Subcommand};
     about = "Atoll: a multi-cluster control plane for Kubernetes"
 )]
 struct Cli {
+    /// More logs on stderr: -v for INFO (one-shot commands only warn), -vv for DEBUG.
+    /// RUST_LOG overrides it.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,19 +58,63 @@ enum Command {
     /// process. Writes an admin kubeconfig to `<data-dir>/admin.kubeconfig`.
     #[command(alias = "up")]
     Hub(cmd::hub::Args),
+    /// Print a shell completion script: `source <(atoll completion bash)`, or write
+    /// `atoll completion zsh` to a file named `_atoll` on your `fpath`, or
+    /// `atoll completion fish > ~/.config/fish/completions/atoll.fish`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // hickory-server logs every DNS query at info.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
+impl Command {
+    /// Commands that run until stopped log at INFO; one-shot commands print their result.
+    fn long_running(&self) -> bool {
+        matches!(
+            self,
+            Command::Controller(_) | Command::Agent(_) | Command::Dns(_) | Command::Hub(_)
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
+    }
+}
+
+/// The name Atoll is run under: `kubectl atoll` when installed as the kubectl plugin
+/// `kubectl-atoll` (kubectl runs `kubectl-<name>` executables found on PATH).
+fn invoked_as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s == "kubectl-atoll"))
+        .unwrap_or(false)
+}
+
+fn cli_command() -> clap::Command {
+    let command = Cli::command();
+    if invoked_as_kubectl_plugin() {
+        command.name("kubectl atoll").bin_name("kubectl atoll")
+    } else {
+        command
+    }
+}
+
+fn main() -> ExitCode {
+    let matches = cli_command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    output::init_logging(cli.verbose, cli.command.long_running());
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", output::error_message(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Crds(args) => cmd::crds::run(args),
         Command::Join(args) => runtime()?.block_on(cmd::join::join(args)),
         Command::Unjoin(args) => runtime()?.block_on(cmd::join::unjoin(args)),
@@ -78,6 +129,10 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(cmd::pull::agent(args, cmd::pull::agent_tasks()))
         }
         Command::Hub(args) => runtime()?.block_on(cmd::hub::run(args)),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "atoll", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

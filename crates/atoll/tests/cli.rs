@@ -122,8 +122,13 @@ async fn join_get_and_unjoin_from_the_command_line() -> Result {
 
     let unjoined = ok(atoll(hub_kubeconfig, &["unjoin", "member-1"])?)?;
     assert!(unjoined.contains("unjoined"), "{unjoined}");
-    let table = ok(atoll(hub_kubeconfig, &["get", "clusters"])?)?;
-    assert_eq!(table.lines().count(), 1, "only the header is left: {table}");
+    let listed = atoll(hub_kubeconfig, &["get", "clusters"])?;
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(listed.stdout.is_empty(), "no table is left: {listed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stderr),
+        "No resources found in atoll-system namespace.\n"
+    );
     Ok(())
 }
 
@@ -154,7 +159,7 @@ async fn atoll_dns_answers_from_a_cluster_and_stops_on_sigterm() -> Result {
         .port();
     let mut dns = Command::new(env!("CARGO_BIN_EXE_atoll"))
         .args(["dns", "--listen", &format!("127.0.0.1:{port}")])
-        .env("KUBECONFIG", kubeconfig)
+        .env("ATOLL_MEMBER_KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn")
         .spawn()?;
     // Generous: under a loaded machine the first answer once took over 30 s.
@@ -389,7 +394,8 @@ fn pull_mode_from_the_command_line(
     );
 
     let waiting = wait_until(60, || {
-        Ok(ok(atoll(hub.kubeconfig_path(), &["accept"])?)?.starts_with("edge-1"))
+        let listed = ok(atoll(hub.kubeconfig_path(), &["accept"])?)?;
+        Ok(listed.starts_with("NAME ") && listed.lines().any(|l| l.starts_with("edge-1 ")))
     })?;
     assert!(waiting, "`atoll accept` lists the waiting agent");
     let accepted = ok(atoll(hub.kubeconfig_path(), &["accept", "edge-1"])?)?;

@@ -14,9 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_api::cluster_profile::ClusterProfile;
+use atoll_api::conditions;
 use atoll_mcs::hub::{HubConfig, SharedProfiles};
 use atoll_mcs::member::MemberConfig;
-use kube::api::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
@@ -155,6 +158,51 @@ async fn member_worker(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(WAIT_MAX);
     };
+    let profiles: Api<ClusterProfile> = Api::namespaced(hub.clone(), &manager_namespace);
+    let mut recheck = atoll_mcs::member::CRD_RECHECK;
+    // What was last logged: one line per change.
+    let mut logged: Option<String> = None;
+    loop {
+        let wait = match atoll_mcs::member::missing_crds(&member).await {
+            Ok(missing) => {
+                let served = missing.is_none();
+                if missing != logged {
+                    match &missing {
+                        Some(why) => warn!(
+                            cluster = %name,
+                            "MCS paused for this cluster: {why}; {}",
+                            atoll_mcs::member::MCS_CRDS_FIX
+                        ),
+                        None if logged.is_some() => {
+                            info!(cluster = %name, "MCS CRDs now served by the member")
+                        }
+                        None => {}
+                    }
+                    logged = missing.clone();
+                }
+                match publish_crd_condition(&profiles, &cache, &key, missing.as_deref()).await {
+                    Ok(()) => {}
+                    // A stale cached profile (409) or a hub hiccup: try again soon.
+                    Err(error) => {
+                        debug!(cluster = %name, %error, "MCS: writing the CRD condition; retrying");
+                        tokio::time::sleep(WAIT).await;
+                        continue;
+                    }
+                }
+                if served {
+                    break;
+                }
+                let wait = recheck;
+                recheck = (recheck * 2).min(CRD_RECHECK_MAX);
+                wait
+            }
+            Err(error) => {
+                debug!(cluster = %name, %error, "MCS: checking the member's CRDs; retrying");
+                WAIT_MAX
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
     let member_owner = loop {
         match member_role_owner(&member).await {
             Ok(owner) => break owner,
@@ -177,6 +225,76 @@ async fn member_worker(
         std::future::pending(),
     ))
     .await;
+}
+
+/// The ClusterProfile condition that says whether MCS runs for the cluster: `False` with
+/// reason [`REASON_CRDS_MISSING`] (and the fix in its message) while the member lacks the MCS
+/// CRDs, `True` once it serves them. Absent on clusters that never lacked them.
+pub const CONDITION_MCS_READY: &str = "MultiClusterServicesReady";
+/// The member does not serve ServiceExport or ServiceImport.
+pub const REASON_CRDS_MISSING: &str = "MCSCRDsMissing";
+/// The member serves ServiceExport and ServiceImport.
+pub const REASON_CRDS_SERVED: &str = "MCSCRDsServed";
+
+/// Longest pause between checks of a member that lacks the MCS CRDs.
+const CRD_RECHECK_MAX: Duration = Duration::from_secs(600);
+
+/// Sets [`CONDITION_MCS_READY`] on the cluster's profile when it changed: `missing` says what
+/// the member lacks, `None` that it serves the CRDs (written only over an earlier `False`).
+/// The whole list is written conditional on the cached profile's resourceVersion, as the
+/// status controller writes it, so no other condition is lost.
+async fn publish_crd_condition(
+    profiles: &Api<ClusterProfile>,
+    cache: &reflector::Store<ClusterProfile>,
+    key: &ObjectRef<ClusterProfile>,
+    missing: Option<&str>,
+) -> Result<(), kube::Error> {
+    let Some(profile) = cache.get(key) else {
+        return Ok(());
+    };
+    let mut list = profile
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let (state, reason, message) = match missing {
+        Some(why) => (
+            conditions::FALSE,
+            REASON_CRDS_MISSING,
+            format!("{why}; {}", atoll_mcs::member::MCS_CRDS_FIX),
+        ),
+        None if conditions::find(&list, CONDITION_MCS_READY).is_none() => return Ok(()),
+        None => (
+            conditions::TRUE,
+            REASON_CRDS_SERVED,
+            "the member serves ServiceExport and ServiceImport".to_owned(),
+        ),
+    };
+    let changed = conditions::set(
+        &mut list,
+        conditions::condition(
+            CONDITION_MCS_READY,
+            state,
+            reason,
+            message,
+            profile.metadata.generation,
+            Time(Timestamp::now()),
+        ),
+    );
+    if !changed {
+        return Ok(());
+    }
+    profiles
+        .patch_status(
+            &profile.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"resourceVersion": profile.metadata.resource_version},
+                "status": {"conditions": list},
+            })),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Atoll's ClusterRole in the member as an owner: what MCS writes there goes with it at

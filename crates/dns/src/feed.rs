@@ -87,11 +87,21 @@ where
 {
     let mut cache = Cache::default();
     let mut events = std::pin::pin!(events.ready_chunks(BATCH));
+    // The watches retry with backoff; the same failure is logged once, not on every retry.
+    let mut logged: Option<String> = None;
     while let Some(batch) = events.next().await {
         for event in batch {
             match event {
                 Ok(change) => cache.handle(change),
-                Err(error) => tracing::warn!(%error, "watch failed; retrying"),
+                Err(error) => {
+                    let text = error.to_string();
+                    if logged.as_ref() == Some(&text) {
+                        tracing::debug!(%error, "watch failed; retrying");
+                    } else {
+                        tracing::warn!(%error, "watch failed; retrying with backoff (does the cluster serve ServiceImport? `atoll crds --only mcs` installs it)");
+                        logged = Some(text);
+                    }
+                }
             }
         }
         let changes = cache.take_changes();

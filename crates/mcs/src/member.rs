@@ -66,9 +66,93 @@ pub struct MemberConfig {
     pub member_owner: Option<OwnerReference>,
 }
 
-/// Runs one cluster's side of MCS until `shutdown` resolves.
+/// The group version whose ServiceExport and ServiceImport a member must serve.
+pub const MCS_GROUP_VERSION: &str = "multicluster.x-k8s.io/v1beta1";
+
+/// How to give a member the MCS CRDs, for messages.
+pub const MCS_CRDS_FIX: &str = "install them in the member: atoll crds --only mcs | kubectl apply -f - (add --validate=false before Kubernetes 1.25)";
+
+/// How often a member without the MCS CRDs is checked again; the delay doubles up to
+/// [`CRD_RECHECK_MAX`].
+pub const CRD_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+const CRD_RECHECK_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What the member lacks of the MCS CRDs (ServiceExport and ServiceImport in
+/// [`MCS_GROUP_VERSION`]), as a sentence, or `None` when it serves both. One discovery
+/// request.
+pub async fn missing_crds(member: &Client) -> Result<Option<String>, kube::Error> {
+    let served = match member.list_api_group_resources(MCS_GROUP_VERSION).await {
+        Ok(list) => list.resources,
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(error) => return Err(error),
+    };
+    let missing: Vec<&str> = [
+        ("serviceexports", "ServiceExport"),
+        ("serviceimports", "ServiceImport"),
+    ]
+    .into_iter()
+    .filter(|(plural, _)| !served.iter().any(|r| r.name == *plural))
+    .map(|(_, kind)| kind)
+    .collect();
+    Ok((!missing.is_empty()).then(|| {
+        format!(
+            "the member serves no {} ({MCS_GROUP_VERSION})",
+            missing.join(" or ")
+        )
+    }))
+}
+
+/// Waits until the member serves the MCS CRDs, checking every [`CRD_RECHECK`] or so, with one
+/// log line when what is missing changes. Returns `false` if `shutdown` came first.
+async fn wait_for_crds(
+    member: &Client,
+    cluster: &str,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut reported: Option<String> = None;
+    let mut delay = CRD_RECHECK;
+    let mut error_delay = std::time::Duration::from_secs(2);
+    loop {
+        let wait = match missing_crds(member).await {
+            Ok(None) => {
+                if reported.is_some() {
+                    info!(cluster, "MCS CRDs now served by the member; MCS starting");
+                }
+                return true;
+            }
+            Ok(Some(why)) => {
+                if reported.as_ref() != Some(&why) {
+                    warn!(
+                        cluster,
+                        "MCS paused for this cluster: {why}; {MCS_CRDS_FIX}. Checking again every minute or so"
+                    );
+                    reported = Some(why);
+                }
+                let wait = delay;
+                delay = (delay * 2).min(CRD_RECHECK_MAX);
+                wait
+            }
+            Err(error) => {
+                tracing::debug!(cluster, %error, "checking the member's MCS CRDs; retrying");
+                let wait = error_delay;
+                error_delay = (error_delay * 2).min(CRD_RECHECK);
+                wait
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Runs one cluster's side of MCS until `shutdown` resolves. A member that does not serve the
+/// MCS CRDs is checked again every minute or so (one log line), not watched in a loop.
 pub async fn run(config: MemberConfig, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    if !wait_for_crds(&config.member, &config.cluster_name, shutdown.as_mut()).await {
+        return;
+    }
     let discovered = async {
         tokio::join!(
             slices::discover(&config.hub),
@@ -79,7 +163,8 @@ pub async fn run(config: MemberConfig, shutdown: impl Future<Output = ()>) {
         () = &mut shutdown => return,
         found = discovered => found,
     };
-    let syncer = Syncer::start(config, hub_slices, member_slices);
+    let span = tracing::info_span!("mcs", cluster = %config.cluster_name);
+    let syncer = span.in_scope(|| Syncer::start(config, hub_slices, member_slices));
     tokio::select! {
         () = &mut shutdown => {},
         () = syncer.ready() => {}

@@ -74,15 +74,35 @@ where
             .default_backoff()
             .modify(|object| object.managed_fields_mut().clear())
             .reflect(writer);
-        let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    Ok(_) => changed.notify_one(),
-                    Err(error) => tracing::warn!(%error, what, "watch failed; retrying"),
+        // The caller's span (a member syncer's names its cluster) goes with the watch.
+        let span = tracing::Span::current();
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut stream = std::pin::pin!(stream);
+                // One warning per streak of failures with the same error, not one per retry.
+                let mut failing: Option<String> = None;
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(_) => {
+                            if failing.take().is_some() {
+                                tracing::info!(what, "watch recovered");
+                            }
+                            changed.notify_one();
+                        }
+                        Err(error) => {
+                            let text = error.to_string();
+                            if failing.as_ref() == Some(&text) {
+                                tracing::debug!(%error, what, "watch failed; retrying");
+                            } else {
+                                tracing::warn!(%error, what, "watch failed; retrying with backoff");
+                                failing = Some(text);
+                            }
+                        }
+                    }
                 }
-            }
-        });
+            },
+            span,
+        ));
         Cache {
             store,
             _task: Some(AbortOnDrop(task)),

@@ -49,7 +49,7 @@ pub struct ControllerOptions {
     #[arg(long)]
     auto_accept: bool,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "atoll-controller")]
+    #[arg(long, default_value = crate::connect::CONTROLLER_LEASE)]
     lease_name: String,
 }
 

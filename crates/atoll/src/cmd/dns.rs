@@ -1,7 +1,7 @@
 //! `atoll dns`.
 
 use crate::cmd::controller::shutdown_signal;
-use crate::connect::ClusterArgs;
+use crate::connect::MemberArgs;
 
 /// Flags of `atoll dns`.
 #[derive(clap::Args)]
@@ -26,13 +26,13 @@ pub struct Args {
     /// over TCP, which is not limited); 0 drops them all.
     #[arg(long, value_name = "N", default_value_t = 2)]
     rate_limit_slip: u32,
-    /// The cluster whose ServiceImports and EndpointSlices are served.
+    /// The member cluster whose ServiceImports and EndpointSlices are served.
     #[command(flatten)]
-    cluster: ClusterArgs,
+    member: MemberArgs,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client = args.cluster.client().await?;
+    let client = args.member.client("atoll dns").await?;
     let mut zone = atoll_dns::ZoneConfig::new(&args.zone)?.with_ns_addresses(args.ns_addresses);
     if let Some(name) = &args.ns_name {
         zone = zone.with_ns_name(name)?;

@@ -81,6 +81,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("listing ClusterProfiles on the hub")?;
     let mut stdout = std::io::stdout().lock();
     match args.output {
+        Output::Table if list.items.is_empty() => {
+            crate::output::no_resources(Some(&args.manager_namespace));
+        }
         Output::Table => {
             let rows: Vec<_> = list.items.iter().map(row).collect();
             write!(stdout, "{}", table(&HEADER, &rows))?;

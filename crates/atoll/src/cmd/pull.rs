@@ -15,7 +15,7 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::cmd::controller::shutdown_signal;
 use crate::cmd::join::parse_labels;
-use crate::connect::ClusterArgs;
+use crate::connect::{ClusterArgs, MemberArgs};
 
 #[derive(clap::Subcommand)]
 pub enum TokenCommand {
@@ -143,9 +143,9 @@ pub struct AgentArgs {
     /// Seconds between Lease renewals.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     lease_period: u64,
-    /// The member cluster (the agent's own), as kubectl chooses it.
+    /// The member cluster (the agent's own).
     #[command(flatten)]
-    member: ClusterArgs,
+    member: MemberArgs,
 }
 
 /// Durations as 90s, 30m, 1h, 2h30m, 1d.
@@ -358,14 +358,23 @@ pub async fn accept(args: AcceptArgs) -> anyhow::Result<()> {
     let Some(name) = args.name else {
         let pending = pull::pending_registrations(&hub).await?;
         if pending.is_empty() {
-            println!("no agent is waiting to be accepted");
+            crate::output::no_resources(None);
+            return Ok(());
         }
-        for r in pending {
-            println!(
-                "{}\tcluster ID {}\tClusterSet {}\tKubernetes {}\t(request {})",
-                r.cluster, r.cluster_id, r.cluster_set, r.kubernetes_version, r.csr
-            );
-        }
+        let rows: Vec<[String; 5]> = pending
+            .into_iter()
+            .map(|r| {
+                [
+                    r.cluster,
+                    r.cluster_id,
+                    r.cluster_set,
+                    r.kubernetes_version,
+                    r.csr,
+                ]
+            })
+            .collect();
+        let header = ["NAME", "CLUSTER-ID", "CLUSTERSET", "VERSION", "REQUEST"];
+        print!("{}", crate::cmd::get::table(&header, &rows));
         return Ok(());
     };
     let accepted = pull::accept_with(
@@ -432,7 +441,7 @@ pub fn agent_tasks() -> Vec<ClusterTask> {
 }
 
 pub async fn agent(args: AgentArgs, tasks: Vec<ClusterTask>) -> anyhow::Result<()> {
-    let member = args.member.client().await?;
+    let member = args.member.client("atoll agent").await?;
     if args.reset {
         match atoll_agent::reset(&member).await? {
             Some(cluster) => println!(

@@ -182,6 +182,10 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         .sort_by_key(|w| (w.namespace().unwrap_or_default(), w.name_any()));
     let mut stdout = std::io::stdout().lock();
     match args.output {
+        Output::Table if list.items.is_empty() => {
+            let namespace = args.cluster.as_deref().map(cluster_namespace);
+            crate::output::no_resources(namespace.as_deref());
+        }
         Output::Table => {
             let rows: Vec<[String; 8]> = list.items.iter().flat_map(rows).collect();
             write!(stdout, "{}", table(&HEADER, &rows))?;
