@@ -40,6 +40,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::api::{Patch, PatchParams};
+use tokio_util::task::AbortOnDropHandle;
 
 #[derive(Parser)]
 enum Bench {
@@ -334,7 +335,8 @@ async fn inventory_health(
             .await?;
         if mode == Mode::Pull {
             agents.extend(
-                (registered..size).map(|i| AbortOnDrop(tokio::spawn(play_agent(hub.clone(), i)))),
+                (registered..size)
+                    .map(|i| AbortOnDropHandle::new(tokio::spawn(play_agent(hub.clone(), i)))),
             );
         }
         registered = registered.max(size);
@@ -390,14 +392,6 @@ async fn install_crds(hub: &kube::Client) -> anyhow::Result<()> {
     match namespaces.create(&PostParams::default(), &manager).await {
         Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
         Err(e) => Err(e.into()),
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

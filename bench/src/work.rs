@@ -42,6 +42,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::{Mode, rss_kib};
 
@@ -336,7 +337,7 @@ struct Member {
     /// An admin client for it.
     client: Client,
     /// Its agent, in pull mode (stopped before its member).
-    _agent: Option<crate::AbortOnDrop>,
+    _agent: Option<AbortOnDropHandle<()>>,
     /// Its `atoll hub` process, for atoll members.
     process: Option<AtollMember>,
 }
@@ -458,7 +459,7 @@ impl Fleet<'_> {
 
     /// Registers `name` as `atoll agent` would: a bootstrap token, the agent (a task of this
     /// process) sends its CSR, the bench accepts it as `atoll accept` does.
-    async fn register(&self, name: &str, member: &Client) -> anyhow::Result<crate::AbortOnDrop> {
+    async fn register(&self, name: &str, member: &Client) -> anyhow::Result<AbortOnDropHandle<()>> {
         let token = pull::create_bootstrap_token(
             &self.hub,
             DEFAULT_MANAGER_NAMESPACE,
@@ -473,7 +474,7 @@ impl Fleet<'_> {
         options.bootstrap_token = Some(token.token);
         options.cluster_set = "bench".into();
         let cluster = name.to_owned();
-        let agent = crate::AbortOnDrop(tokio::spawn(async move {
+        let agent = AbortOnDropHandle::new(tokio::spawn(async move {
             match atoll_agent::run(options, vec![work_task()], std::future::pending()).await {
                 Ok(exit) => eprintln!("agent of {cluster} ended: {exit:?}"),
                 Err(error) => eprintln!("agent of {cluster} failed: {error}"),

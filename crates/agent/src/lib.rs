@@ -50,6 +50,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 pub use credentials::{Credentials, HubEndpoint};
@@ -424,15 +425,6 @@ enum SessionEnd {
     Unjoined,
 }
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn session(
     options: &AgentOptions,
     creds: &Credentials,
@@ -440,9 +432,9 @@ async fn session(
     version: &str,
     tasks: &[ClusterTask],
 ) -> Result<SessionEnd, AgentError> {
-    let _tasks: Vec<AbortOnDrop> = tasks
+    let _tasks: Vec<AbortOnDropHandle<()>> = tasks
         .iter()
-        .map(|task| AbortOnDrop(tokio::spawn(task(connected.clone()))))
+        .map(|task| AbortOnDropHandle::new(tokio::spawn(task(connected.clone()))))
         .collect();
     let (not_before, not_after) = creds.validity()?;
     let lifetime = not_after.duration_since(not_before);
@@ -653,7 +645,11 @@ fn properties_map(store: &reflector::Store<ClusterProperty>) -> String {
 
 fn watch_properties(
     member: Client,
-) -> (reflector::Store<ClusterProperty>, Arc<Notify>, AbortOnDrop) {
+) -> (
+    reflector::Store<ClusterProperty>,
+    Arc<Notify>,
+    AbortOnDropHandle<()>,
+) {
     let changed = Arc::new(Notify::new());
     let (reader, writer) = reflector::store();
     let stream = watcher::watcher(
@@ -672,5 +668,5 @@ fn watch_properties(
             }
         }
     });
-    (reader, changed, AbortOnDrop(task))
+    (reader, changed, AbortOnDropHandle::new(task))
 }

@@ -8,7 +8,6 @@
 //! the status and Work controllers when they run together). A cluster without member
 //! credentials (pull mode) gets no syncer here; its agent runs it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
-use crate::inventory::profiles::{ProfileEvents, ProfileFeed};
+use crate::inventory::profiles::{ClusterWorkers, Gone, ProfileEvents, ProfileFeed, WorkerSet};
 use crate::inventory::{
     CLUSTER_NAMESPACE_PREFIX, MEMBER_CLUSTER_ROLE, cluster_namespace, member_from_secret,
     profile_cluster_id,
@@ -87,50 +85,50 @@ async fn follow_profiles(
     mut profiles: ProfileEvents,
     profiles_changed: &Notify,
 ) {
-    let cache = profiles.cache().clone();
-    let mut workers: HashMap<String, Worker> = HashMap::new();
-    let mut listing: Vec<String> = Vec::new();
+    let mut hooks = MemberSyncers {
+        cache: profiles.cache().clone(),
+        hub,
+        manager_namespace,
+    };
+    // Dropped at the end, which aborts every syncer.
+    let mut workers = WorkerSet::new();
     while let Some(event) = profiles.next().await {
         profiles_changed.notify_one();
-        match &*event {
-            Event::Apply(profile) | Event::InitApply(profile) => {
-                let name = profile.name_any();
-                listing.push(name.clone());
-                if profile.metadata.deletion_timestamp.is_some() {
-                    workers.remove(&name);
-                    continue;
-                }
-                // A pull-mode cluster's agent runs its syncer; the hub holds no credentials.
-                if crate::inventory::is_pull_mode(profile) {
-                    continue;
-                }
-                workers.entry(name.clone()).or_insert_with(|| {
-                    debug!(cluster = %name, "MCS: following cluster");
-                    Worker(tokio::spawn(member_worker(
-                        hub.clone(),
-                        cache.clone(),
-                        manager_namespace.clone(),
-                        name,
-                    )))
-                });
-            }
-            Event::Delete(profile) => {
-                if workers.remove(&profile.name_any()).is_some() {
-                    info!(cluster = %profile.name_any(), "MCS: cluster gone; stopping its syncer");
-                }
-            }
-            Event::Init => listing.clear(),
-            Event::InitDone => workers.retain(|name, _| listing.contains(name)),
-        }
+        workers.handle(&event, &mut hooks);
     }
 }
 
-/// A cluster's syncer task, aborted when dropped.
-struct Worker(JoinHandle<()>);
+/// The member syncers: one per push-mode cluster, aborted when dropped.
+struct MemberSyncers {
+    hub: Client,
+    cache: reflector::Store<ClusterProfile>,
+    manager_namespace: String,
+}
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.0.abort();
+impl ClusterWorkers for MemberSyncers {
+    type Worker = AbortOnDropHandle<()>;
+
+    fn start(&mut self, profile: &ClusterProfile) -> Option<Self::Worker> {
+        // A pull-mode cluster's agent runs its syncer; the hub holds no credentials.
+        if crate::inventory::is_pull_mode(profile) {
+            return None;
+        }
+        let name = profile.name_any();
+        debug!(cluster = %name, "MCS: following cluster");
+        Some(AbortOnDropHandle::new(tokio::spawn(member_worker(
+            self.hub.clone(),
+            self.cache.clone(),
+            self.manager_namespace.clone(),
+            name,
+        ))))
+    }
+
+    fn stop(&mut self, name: String, worker: Option<Self::Worker>, why: Gone) {
+        if worker.is_some() && why == Gone::Deleted {
+            info!(cluster = %name, "MCS: cluster gone; stopping its syncer");
+        }
+        // Dropping the worker aborts it.
+        drop(worker);
     }
 }
 

@@ -17,18 +17,19 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
+use atoll_api::cluster_profile::ClusterProfile;
 use atoll_api::work::Work;
 use atoll_work::ApplierConfig;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::inventory::profiles::{ProfileEvents, ProfileFeed};
+use crate::inventory::profiles::{ClusterWorkers, Gone, ProfileEvents, ProfileFeed, WorkerSet};
 use crate::inventory::{CLUSTER_NAMESPACE_PREFIX, cluster_namespace, work_member_from_secret};
 
 struct Worker {
@@ -65,25 +66,12 @@ pub async fn run_with(
         .default_backoff()
         .applied_objects()
         .boxed();
-    let mut workers: HashMap<String, Worker> = HashMap::new();
-    let mut listing: Vec<String> = Vec::new();
-    // Push-mode clusters whose profiles are live (with their manager namespace, where their
-    // credentials are), and clusters whose namespace has held a Work.
-    let mut push_clusters: HashMap<String, String> = HashMap::new();
-    let mut with_works: HashSet<String> = HashSet::new();
-    let start = |workers: &mut HashMap<String, Worker>, name: &str, manager_namespace: &str| {
-        workers.entry(name.to_owned()).or_insert_with(|| {
-            info!(cluster = %name, "starting the cluster's Work applier");
-            let (stop, stopped) = oneshot::channel();
-            let task = tokio::spawn(cluster_applier(
-                hub.clone(),
-                manager_namespace.to_owned(),
-                name.to_owned(),
-                config.clone(),
-                stopped,
-            ));
-            Worker { stop, task }
-        });
+    let mut workers: WorkerSet<Worker> = WorkerSet::new();
+    let mut hooks = WorkAppliers {
+        hub: hub.clone(),
+        config,
+        push_clusters: HashMap::new(),
+        with_works: HashSet::new(),
     };
     tokio::pin!(shutdown);
     loop {
@@ -97,10 +85,10 @@ pub async fn run_with(
                             .namespace()
                             .and_then(|ns| ns.strip_prefix(CLUSTER_NAMESPACE_PREFIX).map(str::to_owned));
                         if let Some(cluster) = cluster
-                            && with_works.insert(cluster.clone())
-                            && let Some(manager_namespace) = push_clusters.get(&cluster)
+                            && hooks.with_works.insert(cluster.clone())
+                            && let Some(manager_namespace) = hooks.push_clusters.get(&cluster)
                         {
-                            start(&mut workers, &cluster, manager_namespace);
+                            workers.start_with(&cluster, || hooks.spawn(&cluster, manager_namespace));
                         }
                     }
                     Some(Err(error)) => warn!(%error, "watching Works"),
@@ -110,58 +98,72 @@ pub async fn run_with(
             }
         };
         let Some(event) = event else { break };
-        match &*event {
-            Event::Apply(profile) | Event::InitApply(profile) => {
-                let name = profile.name_any();
-                listing.push(name.clone());
-                if profile.metadata.deletion_timestamp.is_some() {
-                    push_clusters.remove(&name);
-                    if let Some(worker) = workers.remove(&name) {
-                        retire(hub.clone(), name, worker);
-                    }
-                    continue;
-                }
-                // A pull-mode cluster's agent runs its applier; the hub holds no credentials.
-                if crate::inventory::is_pull_mode(profile) {
-                    continue;
-                }
-                let manager_namespace = profile.namespace().unwrap_or_default();
-                if with_works.contains(&name) {
-                    start(&mut workers, &name, &manager_namespace);
-                }
-                push_clusters.insert(name.clone(), manager_namespace);
-            }
-            Event::Delete(profile) => {
-                let name = profile.name_any();
-                push_clusters.remove(&name);
-                if let Some(worker) = workers.remove(&name) {
-                    retire(hub.clone(), name, worker);
-                }
-            }
-            Event::Init => listing.clear(),
-            Event::InitDone => {
-                push_clusters.retain(|name, _| listing.contains(name));
-                let gone: Vec<String> = workers
-                    .keys()
-                    .filter(|name| !listing.contains(name))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    if let Some(worker) = workers.remove(&name) {
-                        retire(hub.clone(), name, worker);
-                    }
-                }
-            }
-        }
+        workers.handle(&event, &mut hooks);
     }
     // Shutdown: stop every applier cleanly (in-flight reconciles finish), keep finalizers.
     let mut stopping = Vec::new();
-    for (_, worker) in workers {
+    for (_, worker) in workers.into_workers() {
         let _ = worker.stop.send(());
         stopping.push(worker.task);
     }
     for task in stopping {
         let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+}
+
+/// The Work controller's appliers: one per push-mode cluster whose namespace has held a Work.
+struct WorkAppliers {
+    hub: Client,
+    config: ApplierConfig,
+    /// Push-mode clusters whose profiles are live, with their manager namespace (where their
+    /// credentials are).
+    push_clusters: HashMap<String, String>,
+    /// Clusters whose namespace has held a Work.
+    with_works: HashSet<String>,
+}
+
+impl WorkAppliers {
+    fn spawn(&self, name: &str, manager_namespace: &str) -> Worker {
+        info!(cluster = %name, "starting the cluster's Work applier");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(cluster_applier(
+            self.hub.clone(),
+            manager_namespace.to_owned(),
+            name.to_owned(),
+            self.config.clone(),
+            stopped,
+        ));
+        Worker { stop, task }
+    }
+}
+
+impl ClusterWorkers for WorkAppliers {
+    type Worker = Worker;
+
+    fn start(&mut self, profile: &ClusterProfile) -> Option<Worker> {
+        // A pull-mode cluster's agent runs its applier; the hub holds no credentials.
+        if crate::inventory::is_pull_mode(profile) {
+            return None;
+        }
+        let name = profile.name_any();
+        let manager_namespace = profile.namespace().unwrap_or_default();
+        let start = self
+            .with_works
+            .contains(&name)
+            .then(|| self.spawn(&name, &manager_namespace));
+        self.push_clusters.insert(name, manager_namespace);
+        start
+    }
+
+    fn stop(&mut self, name: String, worker: Option<Worker>, _why: Gone) {
+        self.push_clusters.remove(&name);
+        if let Some(worker) = worker {
+            retire(self.hub.clone(), name, worker);
+        }
+    }
+
+    fn relisted(&mut self, listed: &HashSet<String>) {
+        self.push_clusters.retain(|name, _| listed.contains(name));
     }
 }
 

@@ -14,19 +14,9 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::FIELD_MANAGER;
-
-/// Aborts a task when dropped: a cache's watch ends with its owner.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// A cache kept by a watch; every event wakes `changed`.
 pub(crate) struct Cache<K: Resource + 'static>
@@ -35,7 +25,7 @@ where
 {
     pub(crate) store: Store<K>,
     /// The watch, unless the cache is someone else's ([`Cache::shared`]).
-    _task: Option<AbortOnDrop>,
+    _task: Option<AbortOnDropHandle<()>>,
 }
 
 impl<K> Cache<K>
@@ -105,7 +95,7 @@ where
         ));
         Cache {
             store,
-            _task: Some(AbortOnDrop(task)),
+            _task: Some(AbortOnDropHandle::new(task)),
         }
     }
 

@@ -32,7 +32,7 @@ use kube::runtime::wait::{await_condition, conditions as wait_conditions};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use crate::diff::diff;
@@ -156,15 +156,6 @@ impl Interest {
     }
 }
 
-/// Aborts a task when dropped: the member watches end with the applier.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 struct Ctx {
     works: Api<Work>,
     namespace: String,
@@ -172,7 +163,8 @@ struct Ctx {
     config: ApplierConfig,
     kinds: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     interest: Arc<Mutex<Interest>>,
-    watches: Mutex<HashMap<String, AbortOnDrop>>,
+    /// The member watches, aborted when dropped: they end with the applier.
+    watches: Mutex<HashMap<String, AbortOnDropHandle<()>>>,
     trigger: mpsc::UnboundedSender<ObjectRef<Work>>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -263,7 +255,7 @@ impl Ctx {
                 }
             }
         });
-        watches.insert(key, AbortOnDrop(task));
+        watches.insert(key, AbortOnDropHandle::new(task));
     }
 }
 

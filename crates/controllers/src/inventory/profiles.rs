@@ -10,7 +10,12 @@
 //!
 //! The cache is updated before an event is passed on, exactly as `reflect` does, so a
 //! subscriber that sees an event finds the cache at least as new.
+//!
+//! [`WorkerSet`] is what each of those controllers does with the events: one worker per
+//! cluster, started and stopped as its profile comes and goes, with the controller's own
+//! decisions (which clusters qualify, what a worker is) as [`ClusterWorkers`] hooks.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use atoll_api::cluster_profile::{ATOLL_CLUSTER_MANAGER, ClusterProfile, LABEL_CLUSTER_MANAGER};
@@ -123,6 +128,136 @@ async fn all_closed(subscribers: &[mpsc::UnboundedSender<ProfileEvent>]) {
     }
 }
 
+/// Why a cluster's worker stops (or, for [`Gone::Deleting`] and [`Gone::Deleted`], why a
+/// cluster without one is forgotten).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// The profile is being deleted (it has a deletionTimestamp).
+    Deleting,
+    /// The watch saw the profile deleted.
+    Deleted,
+    /// A relist did not list the profile: it was deleted while the watch was down.
+    Vanished,
+}
+
+/// What a controller runs per cluster, and its own decisions about which clusters qualify:
+/// the hooks of a [`WorkerSet`].
+pub trait ClusterWorkers {
+    /// A cluster's worker (its task, stopped or aborted when dropped or stopped).
+    type Worker;
+
+    /// A live profile (no deletionTimestamp) was applied and its cluster has no worker: the
+    /// worker to start, or `None` if the cluster does not qualify (yet).
+    fn start(&mut self, profile: &ClusterProfile) -> Option<Self::Worker>;
+
+    /// The cluster is gone, with its worker if it had one. Called for every profile being
+    /// deleted or deleted, and for the worker of every profile a relist no longer lists.
+    fn stop(&mut self, name: String, worker: Option<Self::Worker>, why: Gone);
+
+    /// A relist ended, listing `listed` (before [`stop`](ClusterWorkers::stop) is called for
+    /// the workers of the profiles it no longer lists): for a controller that remembers
+    /// clusters without workers.
+    fn relisted(&mut self, _listed: &HashSet<String>) {}
+}
+
+/// The workers of a controller that runs one per Atoll-managed ClusterProfile (status, Work
+/// and MCS): a profile applied starts its cluster's worker if the controller's hooks say so;
+/// a profile being deleted, deleted, or missing from a relist stops it (level-triggered).
+///
+/// The names a relist lists are collected only between its `Init` and `InitDone`, as a set:
+/// status writes, each an `Apply` of a profile, cost no bookkeeping.
+pub struct WorkerSet<W> {
+    workers: HashMap<String, W>,
+    /// The profiles listed so far, while a relist is under way.
+    relist: Option<HashSet<String>>,
+}
+
+impl<W> Default for WorkerSet<W> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<W> WorkerSet<W> {
+    /// No worker yet.
+    pub fn new() -> Self {
+        WorkerSet {
+            workers: HashMap::new(),
+            relist: None,
+        }
+    }
+
+    /// Follows one watch event, starting and stopping workers through `hooks`.
+    pub fn handle<H>(&mut self, event: &Event<ClusterProfile>, hooks: &mut H)
+    where
+        H: ClusterWorkers<Worker = W>,
+    {
+        match event {
+            Event::Apply(profile) | Event::InitApply(profile) => {
+                let name = profile.name_any();
+                if let Some(listed) = &mut self.relist {
+                    listed.insert(name.clone());
+                }
+                if profile.metadata.deletion_timestamp.is_some() {
+                    let worker = self.workers.remove(&name);
+                    hooks.stop(name, worker, Gone::Deleting);
+                } else if !self.workers.contains_key(&name)
+                    && let Some(worker) = hooks.start(profile)
+                {
+                    self.workers.insert(name, worker);
+                }
+            }
+            Event::Delete(profile) => {
+                let name = profile.name_any();
+                let worker = self.workers.remove(&name);
+                hooks.stop(name, worker, Gone::Deleted);
+            }
+            Event::Init => self.relist = Some(HashSet::new()),
+            Event::InitDone => {
+                // A relist's end without its start (never from kube's watcher) stops nothing.
+                let Some(listed) = self.relist.take() else {
+                    return;
+                };
+                hooks.relisted(&listed);
+                let vanished: Vec<String> = self
+                    .workers
+                    .keys()
+                    .filter(|name| !listed.contains(*name))
+                    .cloned()
+                    .collect();
+                for name in vanished {
+                    let worker = self.workers.remove(&name);
+                    hooks.stop(name, worker, Gone::Vanished);
+                }
+            }
+        }
+    }
+
+    /// Whether `name` has a worker.
+    pub fn contains(&self, name: &str) -> bool {
+        self.workers.contains_key(name)
+    }
+
+    /// Starts `name`'s worker with `start` unless it has one (for a controller that starts
+    /// workers on other events too).
+    pub fn start_with(&mut self, name: &str, start: impl FnOnce() -> W) {
+        if !self.workers.contains_key(name) {
+            self.workers.insert(name.to_owned(), start());
+        }
+    }
+
+    /// The workers, for a controller's shutdown.
+    pub fn into_workers(self) -> impl Iterator<Item = (String, W)> {
+        self.workers.into_iter()
+    }
+
+    /// How many names the relist under way has collected (0 outside a relist).
+    #[cfg(test)]
+    fn relist_len(&self) -> usize {
+        self.relist.as_ref().map_or(0, HashSet::len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +352,132 @@ mod tests {
         let stopped =
             tokio::time::timeout(std::time::Duration::from_secs(30), feed.feed(events)).await;
         assert!(stopped.is_ok(), "the feed kept running without subscribers");
+    }
+
+    /// Hooks that record what the set asks for; a worker is its cluster's name.
+    #[derive(Default)]
+    struct Recorder {
+        started: Vec<String>,
+        stopped: Vec<(String, bool, Gone)>,
+        relists: usize,
+        /// Clusters that do not qualify for a worker.
+        refuse: HashSet<String>,
+    }
+
+    impl ClusterWorkers for Recorder {
+        type Worker = String;
+
+        fn start(&mut self, profile: &ClusterProfile) -> Option<String> {
+            let name = profile.name_any();
+            if self.refuse.contains(&name) {
+                return None;
+            }
+            self.started.push(name.clone());
+            Some(name)
+        }
+
+        fn stop(&mut self, name: String, worker: Option<String>, why: Gone) {
+            if let Some(worker) = &worker {
+                assert_eq!(worker, &name, "a cluster's own worker is stopped");
+            }
+            self.stopped.push((name, worker.is_some(), why));
+        }
+
+        fn relisted(&mut self, _listed: &HashSet<String>) {
+            self.relists += 1;
+        }
+    }
+
+    fn names<W>(set: &WorkerSet<W>) -> Vec<String> {
+        let mut names: Vec<String> = set.workers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn status_writes_between_relists_cost_no_bookkeeping() {
+        let mut set = WorkerSet::new();
+        let mut hooks = Recorder::default();
+        set.handle(&Event::Init, &mut hooks);
+        for name in ["a", "b", "c"] {
+            set.handle(&Event::InitApply(profile(name, 1)), &mut hooks);
+        }
+        assert_eq!(set.relist_len(), 3);
+        set.handle(&Event::InitDone, &mut hooks);
+        assert_eq!(set.relist_len(), 0, "the relist's names go with its end");
+        // A fleet's status writes: every one an Apply of a profile already followed.
+        for round in 0..1000 {
+            for name in ["a", "b", "c"] {
+                set.handle(&Event::Apply(profile(name, round)), &mut hooks);
+                assert_eq!(set.relist_len(), 0, "an Apply outside a relist is not kept");
+            }
+        }
+        assert_eq!(hooks.started, ["a", "b", "c"], "each worker started once");
+        assert!(hooks.stopped.is_empty());
+
+        // A relist that no longer lists b (deleted while the watch was down): b's worker
+        // stops, a's and c's keep running, and nothing starts again.
+        set.handle(&Event::Init, &mut hooks);
+        for _ in 0..1000 {
+            set.handle(&Event::InitApply(profile("a", 1)), &mut hooks);
+        }
+        set.handle(&Event::InitApply(profile("c", 1)), &mut hooks);
+        assert_eq!(set.relist_len(), 2, "a relist keeps each name once");
+        set.handle(&Event::InitDone, &mut hooks);
+        assert_eq!(set.relist_len(), 0);
+        assert_eq!(hooks.relists, 2);
+        assert_eq!(hooks.stopped, [("b".to_owned(), true, Gone::Vanished)]);
+        assert_eq!(names(&set), ["a", "c"]);
+        assert_eq!(hooks.started, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn deletion_stops_a_worker_and_tells_the_hooks_of_clusters_without_one() {
+        let mut set = WorkerSet::new();
+        let mut hooks = Recorder {
+            refuse: HashSet::from(["pull".to_owned()]),
+            ..Recorder::default()
+        };
+        set.handle(&Event::Init, &mut hooks);
+        for name in ["a", "b", "pull"] {
+            set.handle(&Event::InitApply(profile(name, 1)), &mut hooks);
+        }
+        set.handle(&Event::InitDone, &mut hooks);
+        assert_eq!(
+            names(&set),
+            ["a", "b"],
+            "a cluster the hooks refuse has no worker"
+        );
+
+        let mut deleting = profile("a", 2);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        set.handle(&Event::Apply(deleting.clone()), &mut hooks);
+        // Still being deleted: no worker starts again.
+        set.handle(&Event::Apply(deleting), &mut hooks);
+        set.handle(&Event::Delete(profile("b", 1)), &mut hooks);
+        set.handle(&Event::Delete(profile("pull", 1)), &mut hooks);
+        assert!(names(&set).is_empty());
+        assert_eq!(
+            hooks.stopped,
+            [
+                ("a".to_owned(), true, Gone::Deleting),
+                ("a".to_owned(), false, Gone::Deleting),
+                ("b".to_owned(), true, Gone::Deleted),
+                ("pull".to_owned(), false, Gone::Deleted),
+            ]
+        );
+        assert_eq!(hooks.started, ["a", "b"]);
+
+        // Another controller's event (a Work) may start a worker; a profile then applied
+        // does not start a second.
+        set.start_with("c", || "c".to_owned());
+        set.handle(&Event::Apply(profile("c", 1)), &mut hooks);
+        assert_eq!(names(&set), ["c"]);
+        assert_eq!(hooks.started, ["a", "b"]);
+        assert!(set.contains("c"));
+        assert_eq!(set.into_workers().count(), 1);
     }
 }

@@ -16,7 +16,7 @@
 //! watch on profiles starts and stops workers). Status writes happen only when something
 //! changed, so a steady fleet costs no writes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,15 +33,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Client, ResourceExt};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::join::member_http_from_secret;
 use super::names::{LABEL_CLUSTER_NAME, cluster_namespace};
-use super::profiles::{ProfileEvents, ProfileFeed};
+use super::profiles::{ClusterWorkers, Gone, ProfileEvents, ProfileFeed, WorkerSet};
 use super::property_watch::{self, Properties};
 use super::pull::{
     AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES, STATUS_KEY_READY,
@@ -331,8 +331,15 @@ pub async fn run_with(
     // Workers read profiles from this cache, so a steady fleet costs the hub no reads.
     let cache = profiles.cache().clone();
     let agents = AgentReports::watch(&hub);
-    let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut listing: Vec<String> = Vec::new();
+    let mut hooks = StatusWorkers {
+        hub,
+        cache,
+        agents,
+        manager_namespace,
+        health,
+    };
+    // Dropped at the end, which aborts every worker.
+    let mut workers = WorkerSet::new();
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -340,60 +347,53 @@ pub async fn run_with(
             event = profiles.next() => event,
         };
         let Some(event) = event else { break };
-        match &*event {
-            Event::Apply(profile) | Event::InitApply(profile) => {
-                let name = profile.name_any();
-                listing.push(name.clone());
-                if profile.metadata.deletion_timestamp.is_some() {
-                    if let Some(worker) = workers.remove(&name) {
-                        worker.abort();
-                    }
-                    continue;
-                }
-                let pull = super::names::is_pull_mode(profile);
-                workers.entry(name.clone()).or_insert_with(|| {
-                    info!(cluster = %name, pull, "watching cluster");
-                    if pull {
-                        tokio::spawn(pull_worker(
-                            hub.clone(),
-                            cache.clone(),
-                            agents.clone(),
-                            manager_namespace.clone(),
-                            name,
-                            health,
-                        ))
-                    } else {
-                        tokio::spawn(cluster_worker(
-                            hub.clone(),
-                            cache.clone(),
-                            manager_namespace.clone(),
-                            name,
-                            health,
-                        ))
-                    }
-                });
-            }
-            Event::Delete(profile) => {
-                if let Some(worker) = workers.remove(&profile.name_any()) {
-                    info!(cluster = %profile.name_any(), "cluster gone; stopping its worker");
-                    worker.abort();
-                }
-            }
-            Event::Init => listing.clear(),
-            Event::InitDone => {
-                // After a relist, stop workers of profiles that vanished while unwatched.
-                workers.retain(|name, worker| {
-                    let keep = listing.contains(name);
-                    if !keep {
-                        worker.abort();
-                    }
-                    keep
-                });
-            }
-        }
+        workers.handle(&event, &mut hooks);
     }
-    for (_, worker) in workers {
-        worker.abort();
+}
+
+/// The status controller's workers: one per Atoll-managed cluster, push or pull.
+struct StatusWorkers {
+    hub: Client,
+    cache: reflector::Store<ClusterProfile>,
+    agents: AgentReports,
+    manager_namespace: String,
+    health: HealthConfig,
+}
+
+impl ClusterWorkers for StatusWorkers {
+    type Worker = AbortOnDropHandle<()>;
+
+    fn start(&mut self, profile: &ClusterProfile) -> Option<Self::Worker> {
+        let name = profile.name_any();
+        let pull = super::names::is_pull_mode(profile);
+        info!(cluster = %name, pull, "watching cluster");
+        let task = if pull {
+            tokio::spawn(pull_worker(
+                self.hub.clone(),
+                self.cache.clone(),
+                self.agents.clone(),
+                self.manager_namespace.clone(),
+                name,
+                self.health,
+            ))
+        } else {
+            tokio::spawn(cluster_worker(
+                self.hub.clone(),
+                self.cache.clone(),
+                self.manager_namespace.clone(),
+                name,
+                self.health,
+            ))
+        };
+        Some(AbortOnDropHandle::new(task))
+    }
+
+    fn stop(&mut self, name: String, worker: Option<Self::Worker>, why: Gone) {
+        if worker.is_some() && why == Gone::Deleted {
+            info!(cluster = %name, "cluster gone; stopping its worker");
+        }
+        // Dropping the worker aborts it.
+        drop(worker);
     }
 }
 
@@ -480,12 +480,12 @@ async fn next_snapshot(
 struct AgentReports {
     leases: reflector::Store<Lease>,
     reports: reflector::Store<ConfigMap>,
-    _tasks: Arc<(AbortOnDrop, AbortOnDrop)>,
+    _tasks: Arc<(AbortOnDropHandle<()>, AbortOnDropHandle<()>)>,
 }
 
 impl AgentReports {
     fn watch(hub: &Client) -> AgentReports {
-        fn cache<K>(api: Api<K>) -> (reflector::Store<K>, AbortOnDrop)
+        fn cache<K>(api: Api<K>) -> (reflector::Store<K>, AbortOnDropHandle<()>)
         where
             K: kube::Resource<DynamicType = ()>
                 + Clone
@@ -506,7 +506,7 @@ impl AgentReports {
                 let mut stream = std::pin::pin!(stream);
                 while stream.next().await.is_some() {}
             });
-            (reader, AbortOnDrop(task))
+            (reader, AbortOnDropHandle::new(task))
         }
         let (leases, lease_task) = cache(Api::<Lease>::all(hub.clone()));
         let (reports, report_task) = cache(Api::<ConfigMap>::all(hub.clone()));
@@ -621,15 +621,6 @@ async fn pull_worker(
             observed,
         )
         .await;
-    }
-}
-
-/// Aborts a task when dropped: a worker's watch of its member ends with the worker.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -882,6 +882,7 @@ async fn readyz_answers_while_expensive_rules_run() -> anyhow::Result<()> {
             token_file: None,
             extra_sans: vec![],
             compaction_interval: None,
+            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
         },
     )
     .await?;

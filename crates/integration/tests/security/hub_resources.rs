@@ -54,6 +54,7 @@ impl TestHub {
                 token_file: Some(tokens),
                 extra_sans: vec![],
                 compaction_interval: None,
+                max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
             },
             limits,
         )

@@ -51,6 +51,7 @@ async fn start_hub() -> Result<InProcessHub> {
             token_file: None,
             extra_sans: vec![],
             compaction_interval: None,
+            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
         },
     )
     .await?;

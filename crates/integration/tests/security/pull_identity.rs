@@ -52,6 +52,7 @@ impl InProcess {
                 token_file: None,
                 extra_sans: vec![],
                 compaction_interval: None,
+                max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
             },
         )
         .await?;
