@@ -20,6 +20,9 @@ pub mod client;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
+/// Entry points for the fuzz targets in `fuzz/` and their corpus-replay tests; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_util;
 pub mod openapi;
 pub mod pki;

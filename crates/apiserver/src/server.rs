@@ -23,6 +23,9 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::storage::{DeleteOptions, Deleted, ListOptions, Propagation, Storage, WatchOptions};
 use crate::{discovery, openapi, rbac, schema, table};
 
+/// Hooks for the fuzz targets; see [`crate::fuzzing`].
+pub(crate) mod fuzzing;
+
 /// The largest request body accepted, as kube-apiserver's limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 

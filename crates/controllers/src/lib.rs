@@ -18,6 +18,10 @@
 //! Must not depend on: the hub API server, the store, the agent, DNS.
 
 pub mod client;
+/// The entry point of the kubeconfig fuzz target in `fuzz/` and its corpus-replay test; not an
+/// API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inventory;
 pub mod kubeutil;
 pub mod leader;

@@ -40,6 +40,9 @@
 //! does not pick a `k8s-openapi` version.
 
 pub mod feed;
+/// The entry point of the fuzz target in `fuzz/` and its corpus-replay test; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod server;
 

@@ -50,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::model::{Answer, Model};
 
+/// A hook for the fuzz target; see [`crate::fuzzing`].
+pub(crate) mod fuzzing;
+
 /// The largest UDP response sent, whatever the client advertises: the DNS Flag Day 2020
 /// value, which avoids IP fragmentation on common paths.
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
