@@ -56,7 +56,7 @@ enum Command {
     Dns(cmd::dns::Args),
     /// Run Atoll's hub: a Kubernetes-compatible API server with an embedded store, in one
     /// process. Writes an admin kubeconfig to `<data-dir>/admin.kubeconfig`.
-    #[command(alias = "up")]
+    #[command(visible_alias = "up")]
     Hub(cmd::hub::Args),
     /// Print a shell completion script: `source <(atoll completion bash)`, or write
     /// `atoll completion zsh` to a file named `_atoll` on your `fpath`, or

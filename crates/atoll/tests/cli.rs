@@ -603,3 +603,73 @@ async fn apply_work_and_get_works_from_the_command_line() -> Result {
     assert!(controller.wait()?.success());
     Ok(())
 }
+
+/// README's unjoin, from the command line: what the cluster's Works applied leaves the member
+/// with it, or stays (untracked, and said so) with `--keep-workloads`.
+#[tokio::test]
+async fn unjoin_removes_what_works_applied_unless_told_to_keep_it() -> Result {
+    for keep in [false, true] {
+        let testbed = Testbed::start(TestbedConfig::with_clusters(2)).await?;
+        let (hub, member) = (&testbed.clusters()[0], &testbed.clusters()[1]);
+        let hub_kubeconfig = hub.kubeconfig_path();
+        install_crds_as_the_readme_says(hub)?;
+        let member_kubeconfig = member.kubeconfig_path().to_string_lossy().into_owned();
+        ok(atoll(
+            hub_kubeconfig,
+            &[
+                "join",
+                "member-1",
+                "--cluster-kubeconfig",
+                &member_kubeconfig,
+            ],
+        )?)?;
+        let controller = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_atoll"))
+                .args(["controller"])
+                .env("KUBECONFIG", hub_kubeconfig)
+                .env("RUST_LOG", "warn")
+                .spawn()?,
+        );
+        let file = testbed.dir().join("app.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  color: blue\n",
+        )?;
+        let file = file.to_string_lossy().into_owned();
+        ok(atoll(
+            hub_kubeconfig,
+            &["apply-work", "member-1", "-f", &file, "--name", "app"],
+        )?)?;
+        let in_member = || -> Result<bool> {
+            Ok(member
+                .kubectl()
+                .args(["get", "configmap", "settings", "-n", "default"])
+                .output()?
+                .status
+                .success())
+        };
+        assert!(
+            wait_until(60, in_member)?,
+            "the Work's ConfigMap reaches the member"
+        );
+        drop(controller);
+
+        let mut args = vec!["unjoin", "member-1"];
+        if keep {
+            args.push("--keep-workloads");
+        }
+        let said = ok(atoll(hub_kubeconfig, &args)?)?;
+        if keep {
+            assert!(in_member()?, "--keep-workloads keeps the ConfigMap: {said}");
+            assert!(
+                said.contains("kept: 1 object(s) its Works applied"),
+                "{said}"
+            );
+            assert!(!said.contains("nothing of Atoll's is left"), "{said}");
+        } else {
+            assert!(!in_member()?, "unjoin deletes the ConfigMap: {said}");
+            assert!(said.contains("1 object(s) its Works applied"), "{said}");
+        }
+    }
+    Ok(())
+}

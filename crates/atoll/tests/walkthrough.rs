@@ -350,6 +350,24 @@ fn no_color_is_honoured_on_a_terminal() -> Result {
     Ok(())
 }
 
+/// README's Quickstart says `atoll up` starts the hub: `--help` shows it, and it is the hub's
+/// command (its own help is the hub's).
+#[test]
+fn atoll_up_is_listed_in_help_as_the_hub() -> Result {
+    let (ok, out, err) = run(atoll().arg("--help"))?;
+    assert!(ok, "{err}");
+    let hub_line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("hub "))
+        .ok_or_else(|| format!("no hub command in --help: {out}"))?;
+    assert!(hub_line.contains("aliases: up"), "{hub_line}");
+    let (ok, up, err) = run(atoll().args(["up", "--help"]))?;
+    assert!(ok, "{err}");
+    let (_, hub, _) = run(atoll().args(["hub", "--help"]))?;
+    assert_eq!(up, hub);
+    Ok(())
+}
+
 #[test]
 fn completions_generate() -> Result {
     for (shell, mark) in [

@@ -181,7 +181,11 @@ fn pull_mode_as_the_readme_walks_it_a_used_token_is_gone_and_refused() -> Result
             .spawn()?,
     );
     let waiting = wait_until(60, || {
-        Ok(ok(atoll(&hub, &["accept"])?)?.starts_with("edge-1"))
+        // A table: the NAME, CLUSTER-ID, ... header, then one row per waiting agent.
+        Ok(ok(atoll(&hub, &["accept"])?)?
+            .lines()
+            .skip(1)
+            .any(|row| row.split_whitespace().next() == Some("edge-1")))
     })?;
     assert!(waiting, "`atoll accept` lists the waiting agent");
     let accepted = ok(atoll(&hub, &["accept", "edge-1"])?)?;
