@@ -29,6 +29,9 @@ pub const ATOLL_CLUSTER_MANAGER: &str = "atoll";
 pub const CONDITION_CONTROL_PLANE_HEALTHY: &str = "ControlPlaneHealthy";
 /// Condition: the member has joined the ClusterSet and the manager can act on it.
 pub const CONDITION_JOINED: &str = "Joined";
+/// Condition, present (False) only while the member reports a `cluster.clusterset.k8s.io`
+/// other than the cluster ID recorded at join or accept, which stays authoritative.
+pub const CONDITION_CLUSTER_ID_CONSISTENT: &str = "ClusterIDConsistent";
 
 /// Taint Atoll puts on a cluster whose API server does not answer.
 pub const TAINT_UNREACHABLE: &str = "atoll.io/unreachable";

@@ -7,7 +7,10 @@
 //!   successes (KubeFed's defaults: 10 s, 3 s, 3, 1);
 //! - `status.version.kubernetes`, from the member's `/version`;
 //! - `status.properties`, mirroring every ClusterProperty in the member through a watch, so
-//!   a change shows within moments; deleted properties disappear;
+//!   a change shows within moments; deleted properties disappear. The exception is
+//!   `cluster.clusterset.k8s.io`: the ID recorded at join (push) or accept (pull) is
+//!   authoritative and never mirrored over; a member reporting another ID gets the condition
+//!   `ClusterIDConsistent=False` (reason `ClusterIDMismatch`) instead, lifted once it agrees;
 //! - the taints `atoll.io/unreachable` and `atoll.io/not-ready` (effect NoExecute) in
 //!   `spec.taints` while the cluster is unhealthy, lifted when it recovers. Other taints are
 //!   left as they are.
@@ -21,9 +24,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atoll_api::about::CLUSTER_ID_PROPERTY;
 use atoll_api::cluster_profile::{
-    CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile, ClusterVersion, Property, TAINT_NOT_READY,
-    TAINT_UNREACHABLE, Taint, TaintEffect,
+    CONDITION_CLUSTER_ID_CONSISTENT, CONDITION_CONTROL_PLANE_HEALTHY, ClusterProfile,
+    ClusterVersion, Property, TAINT_NOT_READY, TAINT_UNREACHABLE, Taint, TaintEffect,
 };
 use atoll_api::conditions;
 use futures::{Stream, StreamExt};
@@ -700,6 +704,41 @@ async fn publish(
     }
     if let Some(observed) = observed {
         status.properties = mirror(&current.properties, &observed, &now);
+        let recorded = current
+            .property(CLUSTER_ID_PROPERTY)
+            .map(|p| p.value.as_str());
+        let reported = observed.get(CLUSTER_ID_PROPERTY).map(String::as_str);
+        match id_mismatch(recorded, reported) {
+            Some(message) => {
+                if conditions::set(
+                    &mut status.conditions,
+                    conditions::condition(
+                        CONDITION_CLUSTER_ID_CONSISTENT,
+                        conditions::FALSE,
+                        REASON_CLUSTER_ID_MISMATCH,
+                        message,
+                        profile.metadata.generation,
+                        now.clone(),
+                    ),
+                ) {
+                    warn!(
+                        cluster = %name,
+                        recorded = recorded.unwrap_or_default(),
+                        reported = reported.unwrap_or_default(),
+                        "the member reports another cluster ID than the one recorded; keeping the recorded one"
+                    );
+                }
+            }
+            None => {
+                let before = status.conditions.len();
+                status
+                    .conditions
+                    .retain(|c| c.type_ != CONDITION_CLUSTER_ID_CONSISTENT);
+                if status.conditions.len() != before {
+                    info!(cluster = %name, "the member reports its recorded cluster ID again");
+                }
+            }
+        }
     }
     if let Some(wanted) = health.and_then(|verdict| verdict.taint) {
         let taints = with_health_taint(&profile.spec.taints, wanted, &now);
@@ -764,15 +803,35 @@ pub fn with_health_taint(taints: &[Taint], wanted: Option<&str>, now: &Time) -> 
     result
 }
 
+/// Reason of `ClusterIDConsistent=False`.
+pub const REASON_CLUSTER_ID_MISMATCH: &str = "ClusterIDMismatch";
+
+/// The `ClusterIDConsistent=False` message when the member reports (`reported`) another
+/// cluster ID than the one recorded at join or accept (`recorded`); `None` when they agree,
+/// or when either is missing (nothing recorded yet, or no report of that property).
+pub fn id_mismatch(recorded: Option<&str>, reported: Option<&str>) -> Option<String> {
+    let (recorded, reported) = (recorded?, reported?);
+    (recorded != reported).then(|| {
+        format!(
+            "the member reports cluster ID {reported:?} in its cluster.clusterset.k8s.io ClusterProperty, but this cluster joined as {recorded:?}, which stays its ID; \
+             restore the member's ClusterProperty to {recorded:?}, or unjoin the cluster and join it again to take a new ID"
+        )
+    })
+}
+
 /// The profile's properties after observing the member's ClusterProperties: one per
 /// property, in name order; `lastObservedTime` moves only when a value changes, so an
 /// unchanged fleet writes nothing. Values longer than a profile allows are left out.
+/// `cluster.clusterset.k8s.io` is never taken from the member: the recorded one (from join
+/// or accept) stays as it is, and absent stays absent.
 pub fn mirror(current: &[Property], observed: &Properties, now: &Time) -> Vec<Property> {
     let previous: BTreeMap<&str, &Property> =
         current.iter().map(|p| (p.name.as_str(), p)).collect();
+    let recorded_id = previous.get(CLUSTER_ID_PROPERTY).map(|p| (*p).clone());
     // `observed` is ordered by name, so the result is too.
-    observed
+    let mut result: Vec<Property> = observed
         .iter()
+        .filter(|(name, _)| name.as_str() != CLUSTER_ID_PROPERTY)
         .filter(|(_, value)| !value.is_empty() && value.len() <= 1024)
         .map(|(name, value)| {
             let unchanged = previous
@@ -787,7 +846,12 @@ pub fn mirror(current: &[Property], observed: &Properties, now: &Time) -> Vec<Pr
                 },
             }
         })
-        .collect()
+        .collect();
+    if let Some(id) = recorded_id {
+        let at = result.partition_point(|p| p.name < id.name);
+        result.insert(at, id);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -924,5 +988,36 @@ mod tests {
         assert_eq!(third.len(), 1, "deleted properties disappear");
         let huge = mirror(&[], &properties(&[("big", &"v".repeat(1025))]), &t1);
         assert!(huge.is_empty());
+    }
+
+    #[test]
+    fn the_recorded_cluster_id_is_never_mirrored_over() {
+        let t1 = Time(Timestamp::from_second(1_000).unwrap_or_default());
+        let t2 = Time(Timestamp::from_second(2_000).unwrap_or_default());
+        let recorded = vec![Property {
+            name: CLUSTER_ID_PROPERTY.into(),
+            value: "east".into(),
+            last_observed_time: Some(t1.clone()),
+        }];
+        let forged = properties(&[(CLUSTER_ID_PROPERTY, "west"), ("a", "x"), ("z", "y")]);
+        let mirrored = mirror(&recorded, &forged, &t2);
+        assert_eq!(
+            mirrored
+                .iter()
+                .map(|p| (p.name.as_str(), p.value.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "x"), (CLUSTER_ID_PROPERTY, "east"), ("z", "y")]
+        );
+        assert!(
+            mirror(&[], &forged, &t2)
+                .iter()
+                .all(|p| p.name != CLUSTER_ID_PROPERTY),
+            "an ID is recorded by join or accept, never by the mirror"
+        );
+        let message = id_mismatch(Some("east"), Some("west")).unwrap_or_default();
+        assert!(message.contains("\"east\"") && message.contains("\"west\""));
+        assert!(message.contains("unjoin"));
+        assert_eq!(id_mismatch(Some("east"), Some("east")), None);
+        assert_eq!(id_mismatch(Some("east"), None), None);
     }
 }

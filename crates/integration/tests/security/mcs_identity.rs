@@ -11,17 +11,21 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use atoll_api::about::CLUSTER_ID_PROPERTY;
 use atoll_api::cluster_profile::{
-    ATOLL_CLUSTER_MANAGER, ClusterManager, ClusterProfile, ClusterProfileSpec,
-    LABEL_CLUSTER_MANAGER,
+    ATOLL_CLUSTER_MANAGER, CONDITION_CLUSTER_ID_CONSISTENT, ClusterManager, ClusterProfile,
+    ClusterProfileSpec, LABEL_CLUSTER_MANAGER, LABEL_MODE, MODE_PULL,
 };
+use atoll_api::conditions;
 use atoll_api::mcs::{LABEL_SOURCE_CLUSTER, ServiceExport, ServiceImport};
+use atoll_controllers::inventory::LABEL_CLUSTER_NAME;
+use atoll_controllers::inventory::pull::{AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES};
+use atoll_controllers::inventory::status::{self, HealthConfig, REASON_CLUSTER_ID_MISMATCH};
 use atoll_integration::eventually;
 use atoll_mcs::hub::HubConfig;
 use atoll_mcs::{
     ANNOTATION_SERVICE, LABEL_NAMESPACE, LABEL_ROLE, LABEL_SERVICE, MANAGED_BY, ROLE_EXPORT,
     ROLE_IMPORT,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
@@ -251,6 +255,160 @@ async fn a_member_claiming_another_clusters_id_cannot_speak_for_it() -> Result<(
         );
     }
     let _ = stop.send(());
+    aggregator.await?;
+    Ok(())
+}
+
+/// A pull cluster's agent (as a compromised agent can) reports `properties` in its status
+/// ConfigMap, which the status controller mirrors into the cluster's profile.
+async fn agent_reports(hub: &Client, cluster: &str, id: &str) -> Result<()> {
+    let ns = format!("{PREFIX}{cluster}");
+    let properties = json!({ CLUSTER_ID_PROPERTY: id, "example.com/zone": "z1" });
+    let report: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": AGENT_STATUS_CONFIGMAP, "namespace": ns,
+            "labels": {LABEL_CLUSTER_NAME: cluster}},
+        "data": {STATUS_KEY_PROPERTIES: properties.to_string(), "ready": "true"},
+    }))?;
+    Api::<ConfigMap>::namespaced(hub.clone(), &ns)
+        .patch(
+            AGENT_STATUS_CONFIGMAP,
+            &PatchParams::apply("attack").force(),
+            &Patch::Apply(&report),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A member reports another joined cluster's ID as its own `cluster.clusterset.k8s.io` (here
+/// through a pull agent's status report; a push member's ClusterProperty reaches the same
+/// mirror). The ID recorded at join stays the attacker's profile's ID, so the aggregator never
+/// sees two profiles with the victim's ID and keeps importing the victim's service; the
+/// attacker's profile says what is wrong (`ClusterIDConsistent=False`, `ClusterIDMismatch`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_reporting_another_clusters_id_does_not_change_its_recorded_id() -> Result<()> {
+    let hub = start_hub().await?;
+    let client = hub.client.clone();
+    namespace(&client, MANAGER).await?;
+    let profiles: Api<ClusterProfile> = Api::namespaced(client.clone(), MANAGER);
+    for (cluster, id) in [("victim", VICTIM_ID), ("attacker", ATTACKER_ID)] {
+        joined(&client, cluster, id).await?;
+        profiles
+            .patch(
+                cluster,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {LABEL_MODE: MODE_PULL}}})),
+            )
+            .await?;
+    }
+    let slice_type = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("discovery.k8s.io", "v1", "EndpointSlice"),
+        "endpointslices",
+    );
+    publish(&client, "victim", VICTIM_ID, 80, "10.0.0.1", &slice_type).await?;
+    agent_reports(&client, "victim", VICTIM_ID).await?;
+    // The attack: the attacker's member now says it is the victim.
+    agent_reports(&client, "attacker", VICTIM_ID).await?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = futures::FutureExt::shared(async {
+        let _ = stopped.await;
+    });
+    let statuses = tokio::spawn(status::run(
+        client.clone(),
+        MANAGER.into(),
+        HealthConfig::default(),
+        stopped.clone(),
+    ));
+    let aggregator = tokio::spawn(atoll_mcs::hub::run(
+        HubConfig {
+            hub: client.clone(),
+            manager_namespace: MANAGER.into(),
+            cluster_namespace_prefix: PREFIX.into(),
+        },
+        stopped,
+    ));
+
+    let condition = eventually(
+        Duration::from_secs(30),
+        "the attacker's profile shows the ID mismatch",
+        async || {
+            let profile = profiles.get("attacker").await?;
+            let status = profile.status.unwrap_or_default();
+            let mirrored = status.property("example.com/zone").is_some();
+            Ok(
+                conditions::find(&status.conditions, CONDITION_CLUSTER_ID_CONSISTENT)
+                    .filter(|_| mirrored)
+                    .cloned()
+                    .map(|c| (c, status.property(CLUSTER_ID_PROPERTY).cloned())),
+            )
+        },
+    )
+    .await?;
+    let (condition, recorded) = condition;
+    ensure!(
+        condition.status == conditions::FALSE && condition.reason == REASON_CLUSTER_ID_MISMATCH,
+        "the condition: {condition:?}"
+    );
+    ensure!(
+        condition.message.contains(VICTIM_ID)
+            && condition.message.contains(ATTACKER_ID)
+            && condition.message.contains("unjoin"),
+        "the message says what was recorded, what is reported, and how to fix it: {}",
+        condition.message
+    );
+    ensure!(
+        recorded.map(|p| p.value).as_deref() == Some(ATTACKER_ID),
+        "the recorded ID stays the attacker's own"
+    );
+    let victim = profiles.get("victim").await?.status.unwrap_or_default();
+    ensure!(
+        victim
+            .property(CLUSTER_ID_PROPERTY)
+            .map(|p| p.value.as_str())
+            == Some(VICTIM_ID)
+            && conditions::find(&victim.conditions, CONDITION_CLUSTER_ID_CONSISTENT).is_none(),
+        "the victim's profile is untouched: {victim:?}"
+    );
+
+    // The victim's service is still imported as the victim's, everywhere.
+    for cluster in ["victim", "attacker"] {
+        let ns = format!("{PREFIX}{cluster}");
+        let slices = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &slice_type);
+        let imports: Api<ServiceImport> = Api::namespaced(client.clone(), &ns);
+        eventually(
+            Duration::from_secs(30),
+            "the victim's service imported",
+            async || {
+                let Some(import) = imports.get_opt("default.web").await? else {
+                    return Ok(None);
+                };
+                let clusters: Vec<String> = import
+                    .status
+                    .unwrap_or_default()
+                    .clusters
+                    .into_iter()
+                    .map(|c| c.cluster)
+                    .collect();
+                let list = slices
+                    .list(&ListParams::default().labels(&format!("{LABEL_ROLE}={ROLE_IMPORT}")))
+                    .await?;
+                let victims: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|s| {
+                        s.labels().get(LABEL_SOURCE_CLUSTER).map(String::as_str) == Some(VICTIM_ID)
+                    })
+                    .flat_map(addresses)
+                    .collect();
+                Ok((clusters == [VICTIM_ID] && victims == ["10.0.0.1"]).then_some(()))
+            },
+        )
+        .await?;
+    }
+    let _ = stop.send(());
+    statuses.await?;
     aggregator.await?;
     Ok(())
 }
