@@ -1,6 +1,7 @@
 //! Authentication: who sent a request. A verified client certificate names the user (CN) and
 //! groups (O); otherwise a bearer token from the token table; otherwise the request is
-//! anonymous. An unknown bearer token is 401.
+//! anonymous. An unknown bearer token is 401, and so is a client certificate whose subject is
+//! refused ([`identity_from_cert`]) unless a valid bearer token comes with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -65,35 +66,64 @@ impl UserInfo {
     }
 }
 
-/// The identity in a verified client certificate: CN is the user, every O a group.
-pub fn identity_from_cert(der: &CertificateDer<'_>) -> Option<UserInfo> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    if name.is_empty() {
-        return None;
+/// A verified client certificate that names nobody it may be read as.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertIdentityError {
+    /// The certificate does not parse as X.509.
+    #[error("the client certificate does not parse")]
+    Unparsed,
+    /// Its subject could be read two ways ([`crate::subject::read`]).
+    #[error(transparent)]
+    Subject(#[from] crate::subject::SubjectError),
+}
+
+/// The identity in a verified client certificate, read by [`crate::subject::read`] (as the CSR
+/// admission reads a request): the one CN is the user, every O (in any ASN.1 string type) a
+/// group. `None` for no CN or an empty one (upstream's authenticator then names nobody, and
+/// the request's other credentials decide); an error for a subject with two CNs, a CN or O in
+/// a multi-valued RDN, or a CN or O that is no string: the certificate authenticates nobody.
+pub fn identity_from_cert(der: &CertificateDer<'_>) -> Result<Option<UserInfo>, CertIdentityError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| CertIdentityError::Unparsed)?;
+    let subject = crate::subject::read(cert.subject())?;
+    if subject.common_name.is_empty() {
+        return Ok(None);
     }
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Some(UserInfo {
-        name,
-        groups,
+    Ok(Some(UserInfo {
+        name: subject.common_name,
+        groups: subject.organizations,
         uid: String::new(),
         extra: BTreeMap::new(),
-    })
+    }))
 }
 
 /// Identity attached to a request by the connection it came on (a verified client
 /// certificate), or by the in-process client.
 #[derive(Debug, Clone)]
-pub struct ConnectionIdentity(pub Option<UserInfo>);
+pub enum ConnectionIdentity {
+    /// No client certificate, or one naming no user (no CN): other credentials decide.
+    Nobody,
+    /// The user a client certificate (or the in-process client) names.
+    User(UserInfo),
+    /// A verified client certificate whose subject is refused ([`identity_from_cert`]): an
+    /// invalid credential, 401 unless a valid bearer token authenticates the request (as
+    /// upstream's union of authenticators).
+    Refused,
+}
+
+impl ConnectionIdentity {
+    /// The identity of a connection whose peer presented `cert` (verified), if any.
+    pub fn from_certificate(cert: Option<&CertificateDer<'_>>) -> ConnectionIdentity {
+        match cert.map(identity_from_cert) {
+            None | Some(Ok(None)) => ConnectionIdentity::Nobody,
+            Some(Ok(Some(user))) => ConnectionIdentity::User(user),
+            Some(Err(error)) => {
+                tracing::debug!(%error, "a client certificate authenticates nobody");
+                ConnectionIdentity::Refused
+            }
+        }
+    }
+}
 
 /// Static bearer tokens.
 #[derive(Clone, Default)]
@@ -240,15 +270,20 @@ pub fn authenticate(
     authorization: Option<&str>,
     tokens: &TokenTable,
 ) -> Authn {
-    if let Some(ConnectionIdentity(Some(user))) = connection {
-        return Authn::User(user.clone());
-    }
+    let refused = match connection {
+        Some(ConnectionIdentity::User(user)) => return Authn::User(user.clone()),
+        Some(ConnectionIdentity::Refused) => true,
+        Some(ConnectionIdentity::Nobody) | None => false,
+    };
     if let Some(value) = authorization {
         // An empty token never matches, whatever a token file held.
         return match bearer_token(value).and_then(|t| tokens.get(t)) {
             Some(user) => Authn::User(user.clone()),
             None => Authn::Invalid,
         };
+    }
+    if refused {
+        return Authn::Invalid;
     }
     Authn::User(UserInfo::anonymous())
 }

@@ -34,6 +34,7 @@ use crate::registry::{Registry, ResourceDef};
 use crate::request::{RequestTarget, ResourceRequest};
 use crate::server::AppState;
 use crate::storage::{Storage, name_of, now_rfc3339};
+use crate::subject::Subject;
 
 /// The API group.
 pub const GROUP: &str = "certificates.k8s.io";
@@ -263,11 +264,19 @@ pub fn on_create(def: &ResourceDef, mut obj: Value, user: &UserInfo) -> Result<V
     if !obj.get("spec").is_some_and(Value::is_object) {
         obj["spec"] = json!({});
     }
+    // As upstream's strategy: the requester's name, uid, groups and extra, whatever the body
+    // said (an empty uid or extra is omitted).
     obj["spec"]["username"] = json!(user.name);
     obj["spec"]["groups"] = json!(user.all_groups());
     if let Some(spec) = obj["spec"].as_object_mut() {
         spec.remove("uid");
         spec.remove("extra");
+        if !user.uid.is_empty() {
+            spec.insert("uid".into(), json!(user.uid));
+        }
+        if !user.extra.is_empty() {
+            spec.insert("extra".into(), json!(user.extra));
+        }
     }
     if let Some(o) = obj.as_object_mut() {
         o.remove("status");
@@ -470,56 +479,11 @@ fn stamp_conditions(current: &Value, next: &mut Value) {
     }
 }
 
-/// The identity a CSR asks for: its subject's one common name (possibly empty) and its
-/// organizations (the groups), each decoded from whichever ASN.1 string type carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct CsrSubject {
-    common_name: String,
-    organizations: Vec<String>,
-}
-
-/// An attribute value as text, from any ASN.1 string type a subject may use (Go's x509, which
-/// upstream's authenticator and admission use, reads all of them): UTF8String,
-/// PrintableString, IA5String, NumericString, VisibleString, TeletexString (as Latin-1),
-/// BMPString (UTF-16BE) and UniversalString (UTF-32BE).
-fn attribute_text(value: &x509_parser::asn1_rs::Any<'_>) -> Option<String> {
-    use x509_parser::asn1_rs::Tag;
-    let data = value.data;
-    match value.tag() {
-        Tag::Utf8String
-        | Tag::PrintableString
-        | Tag::Ia5String
-        | Tag::NumericString
-        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_string),
-        Tag::TeletexString => Some(data.iter().map(|b| char::from(*b)).collect()),
-        Tag::BmpString => {
-            if !data.len().is_multiple_of(2) {
-                return None;
-            }
-            let units: Vec<u16> = data
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
-        Tag::UniversalString => {
-            if !data.len().is_multiple_of(4) {
-                return None;
-            }
-            data.chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
-        }
-        _ => None,
-    }
-}
-
-/// Parses a PEM CSR and reads the identity it asks for. Refused: anything but one
-/// `CERTIFICATE REQUEST` block, a subject with more than one common name or with a
-/// multi-valued RDN (a CN or O beside another attribute in one set), and a CN or O that is no
-/// string. Nothing else of the subject is read (nor copied into a certificate).
-fn csr_subject(pem: &[u8]) -> Result<CsrSubject, String> {
-    use x509_parser::oid_registry::{OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME};
+/// Parses a PEM CSR and reads the identity it asks for ([`crate::subject::read`]: at most
+/// one CN, no CN or O in a multi-valued RDN, CN and O strings of any ASN.1 string type).
+/// Refused besides: anything but one `CERTIFICATE REQUEST` block. Nothing else of the subject
+/// is read (nor copied into a certificate).
+fn csr_subject(pem: &[u8]) -> Result<Subject, String> {
     use x509_parser::prelude::FromDer;
     let (_, block) = x509_parser::pem::parse_x509_pem(pem)
         .map_err(|_| "must contain a PEM block".to_string())?;
@@ -529,32 +493,7 @@ fn csr_subject(pem: &[u8]) -> Result<CsrSubject, String> {
     let (_, request) =
         x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
             .map_err(|e| format!("the certificate request does not parse: {e}"))?;
-    let mut common_names = Vec::new();
-    let mut organizations = Vec::new();
-    for rdn in request.certification_request_info.subject.iter() {
-        if rdn.iter().count() != 1 {
-            return Err("the subject may not hold multi-valued RDNs".into());
-        }
-        for attribute in rdn.iter() {
-            let (name, into) = if *attribute.attr_type() == OID_X509_COMMON_NAME {
-                ("CN", &mut common_names)
-            } else if *attribute.attr_type() == OID_X509_ORGANIZATION_NAME {
-                ("O", &mut organizations)
-            } else {
-                continue;
-            };
-            let text = attribute_text(attribute.attr_value())
-                .ok_or_else(|| format!("the subject's {name} must be a string"))?;
-            into.push(text);
-        }
-    }
-    if common_names.len() > 1 {
-        return Err("the subject may hold at most one common name (CN)".into());
-    }
-    Ok(CsrSubject {
-        common_name: common_names.pop().unwrap_or_default(),
-        organizations,
-    })
+    crate::subject::read(&request.certification_request_info.subject).map_err(|e| e.to_string())
 }
 
 fn valid_signer_name(name: &str) -> bool {
@@ -1061,7 +1000,7 @@ mod tests {
                 .1
                 .contents,
         );
-        let user = crate::auth::identity_from_cert(&der).ok_or("identity")?;
+        let user = crate::auth::identity_from_cert(&der)?.ok_or("identity")?;
         assert_eq!(
             (user.name.as_str(), user.groups),
             ("alice", vec!["dev".to_string()])
@@ -1080,6 +1019,36 @@ mod tests {
         let mut denied = csr.clone();
         denied["status"]["conditions"] = json!([{"type": "Denied", "status": "True"}]);
         assert!(matches!(decide(&signer, &denied), Decision::Skip));
+        Ok(())
+    }
+
+    #[test]
+    fn the_requester_is_recorded_whatever_the_body_says() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let registry = Registry::new();
+        let def = registry
+            .get(GROUP, "v1", "certificatesigningrequests")
+            .ok_or("the CSR kind")?;
+        let body = json!({
+            "metadata": {"name": "a"},
+            "spec": {"username": "admin", "uid": "0", "groups": ["system:masters"],
+                "extra": {"scopes": ["cluster-admin"]}},
+        });
+        let mut user = UserInfo::new("bob", &["dev"]);
+        user.uid = "42".into();
+        user.extra.insert("scopes".into(), vec!["read".into()]);
+        let created = on_create(&def, body.clone(), &user)?;
+        assert_eq!(
+            created["spec"],
+            json!({"username": "bob", "uid": "42", "groups": ["dev", "system:authenticated"],
+                "extra": {"scopes": ["read"]}})
+        );
+        // No uid or extra: the body's are dropped, none are written.
+        let created = on_create(&def, body, &UserInfo::new("carol", &[]))?;
+        assert_eq!(
+            created["spec"],
+            json!({"username": "carol", "groups": ["system:authenticated"]})
+        );
         Ok(())
     }
 

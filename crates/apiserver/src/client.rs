@@ -12,7 +12,7 @@ pub fn in_process_client(router: Router, user: UserInfo) -> kube::Client {
     let service = ServiceBuilder::new()
         .map_request(move |mut req: http::Request<kube::client::Body>| {
             req.extensions_mut()
-                .insert(ConnectionIdentity(Some(user.clone())));
+                .insert(ConnectionIdentity::User(user.clone()));
             req.map(axum::body::Body::new)
         })
         .service(router);

@@ -38,6 +38,7 @@ pub mod serve;
 pub mod server;
 pub mod storage;
 pub mod strategy;
+pub mod subject;
 pub mod table;
 pub mod token_secrets;
 pub mod tokens;

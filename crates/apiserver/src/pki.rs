@@ -308,7 +308,7 @@ mod tests {
         second.server_config()?;
         let client = second.issue_client("alice", &["dev", "ops"])?;
         let der = CertificateDer::from_pem_slice(client.cert_pem.as_bytes())?;
-        let identity = crate::auth::identity_from_cert(&der);
+        let identity = crate::auth::identity_from_cert(&der)?;
         assert_eq!(
             identity.map(|u| (u.name, u.groups)),
             Some((

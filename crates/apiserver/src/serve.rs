@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::auth::{ConnectionIdentity, identity_from_cert};
+use crate::auth::ConnectionIdentity;
 
 /// How long open connections get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,20 +177,19 @@ async fn serve_connection(
             return;
         }
     };
-    let identity = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(identity_from_cert);
+    let identity = ConnectionIdentity::from_certificate(
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first()),
+    );
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
     });
     let tracked = activity.clone();
     let service = tower::service_fn(move |mut req: http::Request<Incoming>| {
-        req.extensions_mut()
-            .insert(ConnectionIdentity(identity.clone()));
+        req.extensions_mut().insert(identity.clone());
         let in_flight = tracked.begin();
         let response = router.clone().oneshot(req.map(axum::body::Body::new));
         async move {
