@@ -115,6 +115,10 @@ impl RuleNode {
 /// Compiles every rule of a schema. `Ok(None)` when it has none; `Err` lists each rule that
 /// does not compile, with its field below the schema (`.properties[spec]...`).
 pub fn compile(schema: &Value) -> Result<Option<Arc<RuleNode>>, Vec<Cause>> {
+    on_rule_stack(|| compile_here(schema))
+}
+
+fn compile_here(schema: &Value) -> Result<Option<Arc<RuleNode>>, Vec<Cause>> {
     let mut causes = Vec::new();
     let Some(env) = env() else {
         return Ok(None);
@@ -295,9 +299,97 @@ fn compile_rule(
     })
 }
 
+/// cel-go's default limit on an expression's length, in code points (Kubernetes keeps it).
+const MAX_EXPRESSION_CODE_POINTS: usize = 100_000;
+
+/// The deepest nesting of `(`, `[` and `{` a rule may have. cel-go caps its parser's recursion
+/// at 250; the `cel` crate's parser and interpreter take far more stack per level (about
+/// 100 KiB per bracket in a debug build, so 20 brackets overflow a 2 MiB thread), hence a
+/// lower cap, far above what real rules nest.
+const MAX_NESTING: usize = 32;
+
+/// The most operators (`+`, `==`, `&&`, `.`, `[`, `?`... each run of operator characters counts
+/// once) a rule may have: each can add a level to the parse tree (`a + a + ...` is nested
+/// left-deep), which the parser, the checks here and the interpreter walk recursively.
+const MAX_OPERATORS: usize = 500;
+
+/// The stack compiling and evaluating rules runs on. With [`MAX_NESTING`] and
+/// [`MAX_OPERATORS`] the deepest rule takes under 25 MiB in a debug build (measured: a
+/// bracket level about 100 KiB, an operator level about 35 KiB); pages are only committed as
+/// they are touched.
+const RULE_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `f` on a thread of its own with [`RULE_STACK_BYTES`] of stack, as the `cel` crate
+/// recurses deeper than an async worker's 2 MiB allow; inline when no thread can be started.
+fn on_rule_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let mut f = Some(f);
+    let spawned = std::thread::scope(|scope| {
+        let g = f.take()?;
+        std::thread::Builder::new()
+            .name("cel".into())
+            .stack_size(RULE_STACK_BYTES)
+            .spawn_scoped(scope, g)
+            .ok()
+            .map(|handle| handle.join())
+    });
+    match (spawned, f) {
+        (Some(Ok(out)), _) => out,
+        (Some(Err(panic)), _) => std::panic::resume_unwind(panic),
+        (None, Some(f)) => f(),
+        (None, None) => std::panic::resume_unwind(Box::new("the rule thread did not start")),
+    }
+}
+
+/// Refuses a rule before the parser sees it when it is longer than cel-go allows or nests
+/// deeper than [`MAX_NESTING`] / has more than [`MAX_OPERATORS`] operators, worded as cel-go
+/// words its parser's limits. String literals are skipped (their brackets do not nest).
+fn check_limits(text: &str) -> Result<(), String> {
+    let size = text.chars().count();
+    if size > MAX_EXPRESSION_CODE_POINTS {
+        return Err(format!(
+            "ERROR: <input>:-1:0: expression code point size exceeds limit: size: {size}, limit {MAX_EXPRESSION_CODE_POINTS}"
+        ));
+    }
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut in_operator = false;
+    for c in text.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        let is_operator = "+-*/%<>=!&|?:.[".contains(c);
+        if is_operator && !in_operator {
+            operators = operators.saturating_add(1);
+        }
+        in_operator = is_operator;
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth = depth.saturating_add(1);
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_NESTING || operators > MAX_OPERATORS {
+        return Err("ERROR: <input>:-1:0: max recursion depth exceeded".to_string());
+    }
+    Ok(())
+}
+
 /// Parses, then refuses identifiers other than `self`, `oldSelf` and type names, as cel-go's
 /// checker does.
 fn compile_expression(env: &Env, text: &str) -> Result<Program, String> {
+    check_limits(text)?;
     let program = env.compile(text).map_err(|e| e.to_string())?;
     let mut free = BTreeSet::new();
     free_identifiers(program.expression(), &mut Vec::new(), &mut free);
@@ -440,7 +532,7 @@ impl Run {
 /// runtime the evaluation leaves its async worker first (`block_in_place`), so that the
 /// worker's other requests (`/readyz`, watches) keep being served meanwhile.
 pub fn evaluate(schema: &Value, rules: &RuleNode, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
-    let run = || evaluate_here(schema, rules, obj, old);
+    let run = || on_rule_stack(|| evaluate_here(schema, rules, obj, old));
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(run)
@@ -1408,6 +1500,53 @@ mod tests {
             ]
         );
         Ok(())
+    }
+
+    #[test]
+    fn too_deep_or_too_long_rules_are_refused_before_parsing() {
+        let refused = |text: String| {
+            let schema = json!({"type": "object", "x-kubernetes-validations": [{"rule": text}]});
+            match compile(&schema) {
+                Err(causes) => causes
+                    .first()
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
+                Ok(_) => String::new(),
+            }
+        };
+        // The fuzzer's input: unbalanced brackets that overflowed the parser's stack.
+        let deep = refused(format!("{}self", "[".repeat(1000)));
+        assert!(
+            deep.contains("compilation failed: ERROR: <input>:-1:0: max recursion depth exceeded"),
+            "{deep}"
+        );
+        let chain = refused(format!("self{}", " + self".repeat(MAX_OPERATORS + 1)));
+        assert!(chain.contains("max recursion depth exceeded"), "{chain}");
+        let long = refused(format!(
+            "self == '{}'",
+            "x".repeat(MAX_EXPRESSION_CODE_POINTS)
+        ));
+        assert!(
+            long.contains("expression code point size exceeds limit: size: 100010, limit 100000"),
+            "{long}"
+        );
+        // Brackets inside string literals do not nest.
+        assert_eq!(refused(format!("self.a == '{}'", "[".repeat(1000))), "");
+        // At the caps, rules compile and run (on the rule stack, not the test's 2 MiB thread).
+        let nested = format!(
+            "{}self{} == self",
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        );
+        let chained = format!("self.a{} > 0", " + self.a".repeat(MAX_OPERATORS / 2 - 2));
+        for text in [nested, chained] {
+            let schema = json!({"type": "object", "x-kubernetes-validations": [{"rule": text}]});
+            let compiled = compile(&schema);
+            assert!(matches!(compiled, Ok(Some(_))), "{compiled:?}");
+            if let Ok(Some(rules)) = compiled {
+                evaluate(&schema, &rules, &json!({"a": 1}), None);
+            }
+        }
     }
 
     #[test]

@@ -360,7 +360,7 @@ fn atoll_up_is_listed_in_help_as_the_hub() -> Result {
         .lines()
         .find(|l| l.trim_start().starts_with("hub "))
         .ok_or_else(|| format!("no hub command in --help: {out}"))?;
-    assert!(hub_line.contains("aliases: up"), "{hub_line}");
+    assert!(hub_line.contains("[alias: up]"), "{hub_line}");
     let (ok, up, err) = run(atoll().args(["up", "--help"]))?;
     assert!(ok, "{err}");
     let (_, hub, _) = run(atoll().args(["hub", "--help"]))?;

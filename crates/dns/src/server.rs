@@ -320,36 +320,47 @@ async fn serve_udp(
                 Err(error) => return Err(NetError::from(error)),
             },
         };
-        // Port 0 cannot be answered; nor can a datagram shorter than a header.
-        if src.port() == 0 || src.ip().is_unspecified() || len < HEADER_LEN {
-            continue;
+        let datagram = buffer.get(..len).unwrap_or_default();
+        answer_udp(&socket, &handler, &limiter, src, datagram).await;
+    }
+}
+
+/// Answers one datagram received from `src` (at most [`MAX_UDP_QUERY`] bytes, as `serve_udp`
+/// reads them), sending the answer, if any, through `socket`: every turn of `serve_udp`'s
+/// loop, and the DNS fuzz target.
+async fn answer_udp(
+    socket: &Arc<UdpSocket>,
+    handler: &Handler,
+    limiter: &RateLimiter,
+    src: std::net::SocketAddr,
+    datagram: &[u8],
+) {
+    // Port 0 cannot be answered; nor can a datagram shorter than a header.
+    if src.port() == 0 || src.ip().is_unspecified() || datagram.len() < HEADER_LEN {
+        return;
+    }
+    let responder = UdpResponder {
+        socket: socket.clone(),
+        dst: src,
+    };
+    match limiter.check(src.ip(), Instant::now()) {
+        Verdict::Answer => {}
+        Verdict::Drop => return,
+        Verdict::Slip => {
+            truncated(datagram, responder).await;
+            return;
         }
-        let datagram = &buffer[..len];
-        let responder = UdpResponder {
-            socket: socket.clone(),
-            dst: src,
-        };
-        match limiter.check(src.ip(), Instant::now()) {
-            Verdict::Answer => {}
-            Verdict::Drop => continue,
-            Verdict::Slip => {
-                truncated(datagram, responder).await;
-                continue;
-            }
+    }
+    match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
+        Ok(request) if request.metadata.message_type == MessageType::Response => {
+            // Never answer responses: that would make this a reflector.
         }
-        match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
-            Ok(request) if request.metadata.message_type == MessageType::Response => {
-                // Never answer responses: that would make this a reflector.
-            }
-            Ok(request) => {
-                handler
-                    .handle_request::<_, hickory_server::net::runtime::TokioTime>(
-                        &request, responder,
-                    )
-                    .await;
-            }
-            Err(_) => form_error(datagram, responder).await,
+        Ok(request) => {
+            handler
+                .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, responder)
+                .await;
         }
+        Err(_) => form_error(datagram, responder).await,
     }
 }
 

@@ -475,6 +475,20 @@ async fn member_config(
         .map_err(|e| JoinError::MemberKubeconfig(e.to_string()))
 }
 
+/// The stored-kubeconfig loader from a Secret's `kubeconfig` bytes, as the controllers run it
+/// ([`secret_kubeconfig`], then [`member_config`]): for the fuzz target (`crate::fuzzing`).
+pub(crate) async fn member_config_from_secret_data(bytes: Vec<u8>) -> Result<Config, JoinError> {
+    let secret = Secret {
+        data: Some(BTreeMap::from([(
+            MEMBER_KUBECONFIG_KEY.to_owned(),
+            ByteString(bytes),
+        )])),
+        ..Default::default()
+    };
+    let kubeconfig = secret_kubeconfig(secret)?;
+    member_config(&kubeconfig, None).await
+}
+
 /// A client from the member's stored credentials. Every client built from the same Secret
 /// (the status, Work and MCS controllers each build one) shares one connection to the member.
 async fn stored_member_client(stored: StoredKubeconfig) -> Result<Client, JoinError> {

@@ -21,6 +21,7 @@ pub mod property_watch;
 pub mod pull;
 pub mod status;
 
+pub(crate) use join::member_config_from_secret_data;
 pub use join::{
     JoinError, JoinOptions, Joined, UnjoinOptions, Unjoined, install_about_api, join, leave_member,
     member_from_secret, member_http_from_secret, profile_cluster_id, resolve_cluster_id, unjoin,

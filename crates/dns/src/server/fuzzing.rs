@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use tokio::net::UdpSocket;
 
-use super::{HEADER_LEN, Handler, MAX_UDP_QUERY, MessageType, Protocol, Request, RequestHandler};
-use super::{UdpResponder, form_error};
+use super::{Handler, MAX_UDP_QUERY, RateLimit, RateLimiter, answer_udp};
 use crate::model::Model;
 
-/// Answers one datagram from `src` as one turn of `serve_udp`'s loop does (same checks, same
-/// handler, same responder), sending the answer, if any, to `src` through `socket`.
+/// Answers one datagram from `src` with `serve_udp`'s own per-datagram function (same checks,
+/// response rate limiting as the server's default configures it, handler and responder),
+/// sending the answer, if any, to `src` through `socket`.
 pub(crate) async fn answer_datagram(
     model: Arc<Model>,
     socket: Arc<UdpSocket>,
@@ -20,19 +20,8 @@ pub(crate) async fn answer_datagram(
     datagram: &[u8],
 ) {
     // serve_udp reads into a buffer of MAX_UDP_QUERY bytes: longer datagrams are cut there.
-    let datagram = &datagram[..datagram.len().min(MAX_UDP_QUERY)];
-    if src.port() == 0 || src.ip().is_unspecified() || datagram.len() < HEADER_LEN {
-        return;
-    }
+    let datagram = datagram.get(..MAX_UDP_QUERY).unwrap_or(datagram);
     let handler = Handler { model };
-    let responder = UdpResponder { socket, dst: src };
-    match Request::from_bytes(datagram.to_vec(), src, Protocol::Udp) {
-        Ok(request) if request.metadata.message_type == MessageType::Response => {}
-        Ok(request) => {
-            handler
-                .handle_request::<_, hickory_server::net::runtime::TokioTime>(&request, responder)
-                .await;
-        }
-        Err(_) => form_error(datagram, responder).await,
-    }
+    let limiter = RateLimiter::new(RateLimit::default());
+    answer_udp(&socket, &handler, &limiter, src, datagram).await;
 }

@@ -929,3 +929,97 @@ async fn readyz_answers_while_expensive_rules_run() -> anyhow::Result<()> {
     hub.shutdown().await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// CEL parser and interpreter depth (found by the `cel_rules` fuzz target)
+// ---------------------------------------------------------------------------------------------
+
+/// The fuzzer's input: brackets that never close, which overflowed the `cel` crate's
+/// recursive parser and killed the hub, at creation and on every start after it was stored.
+fn deep_rule() -> String {
+    format!("{}self", "[".repeat(1000))
+}
+
+#[tokio::test]
+async fn a_rule_nested_past_the_parsers_depth_is_refused_and_the_hub_lives() -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let first = server(store.clone()).await?;
+    let admin = first.client();
+    let spec = json!({"type": "object", "x-kubernetes-validations": [{"rule": deep_rule()}]});
+    let (code, message) = refusal(create(&admin, cel_crd("deep", spec.clone())).await)?;
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: ")
+            && message.contains("compilation failed: ERROR: <input>:-1:0: max recursion depth exceeded"),
+        "{message}"
+    );
+    // A rule longer than cel-go parses.
+    let long = format!("self.s == '{}'", "x".repeat(100_000));
+    let spec_long = json!({"type": "object", "properties": {"s": {"type": "string"}},
+        "x-kubernetes-validations": [{"rule": long}]});
+    let (code, message) = refusal(create(&admin, cel_crd("long", spec_long)).await)?;
+    assert_eq!(code, 422, "{message}");
+    assert!(
+        message.contains("expression code point size exceeds limit: size: 100012, limit 100000"),
+        "{message}"
+    );
+    // The hub still answers.
+    Api::<Namespace>::all(admin.clone())
+        .list(&Default::default())
+        .await?;
+    first.shutdown().await;
+
+    // A CRD an older hub stored with that rule: this hub starts, serves the kind without the
+    // rule, and answers.
+    let mut crd = cel_crd("deep", spec);
+    crd["metadata"]["uid"] = json!("deep-uid");
+    crd["metadata"]["creationTimestamp"] = json!("2024-01-01T00:00:00Z");
+    put_raw(
+        &store,
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/deeps.cel.example.com",
+        &crd,
+    )
+    .await?;
+    let server = server(store).await?;
+    let admin = server.client();
+    let deeps = established(&admin, "deep").await?;
+    deeps
+        .create(&PostParams::default(), &object("one", json!({}))?)
+        .await?;
+    Api::<Namespace>::all(admin.clone())
+        .list(&Default::default())
+        .await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deeply_nested_object_under_a_rule_does_not_overflow_evaluation() -> anyhow::Result<()> {
+    let server = server(Arc::new(MemoryStore::new())).await?;
+    let admin = server.client();
+    let spec = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+        "x-kubernetes-validations": [{"rule": "self == self && self.all(k, has(self.a) || !has(self.a))"}]});
+    create(&admin, cel_crd("nest", spec)).await?;
+    let nests = established(&admin, "nest").await?;
+    // As deep as the body decoder lets an object be: each level converted and compared
+    // recursively by the interpreter.
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!({"a": deep});
+    }
+    let result = nests
+        .create(&PostParams::default(), &object("deep", deep)?)
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) => {
+            assert!(status.code < 500, "{status:?}");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Api::<Namespace>::all(admin.clone())
+        .list(&Default::default())
+        .await?;
+    server.shutdown().await;
+    Ok(())
+}
