@@ -73,10 +73,7 @@ async fn a_work_edited_while_the_member_is_down_for_a_minute_converges() -> Resu
     converged(&fleet, "app", &[("a", "1"), ("b", "1")]).await?;
 
     let member = &fleet.testbed.clusters()[1];
-    let mut down = Restartable::kill(
-        member.pids()[0],
-        member.dir().join("apiserver-restarted.log"),
-    )?;
+    member.kill_apiserver();
     edit(&fleet.works, "app", |spec| {
         spec.workload.manifests = vec![
             Manifest(configmap("a", "default", json!({"v": "2"}))),
@@ -101,7 +98,7 @@ async fn a_work_edited_while_the_member_is_down_for_a_minute_converges() -> Resu
         unknown.status
     );
     tokio::time::sleep(Duration::from_secs(60).saturating_sub(down_since.elapsed())).await;
-    down.start()?;
+    member.restart_apiserver().await?;
     wait_ready(&fleet.member).await?;
 
     converged(&fleet, "app", &[("a", "2"), ("c", "1")]).await?;
@@ -127,12 +124,12 @@ async fn hub_and_applier_restarts_converge_without_duplicates() -> Result<()> {
 
     // The hub restarts; meanwhile the member drifts. The applier reconnects and repairs.
     let hub = &fleet.testbed.clusters()[0];
-    let mut hub_down = Restartable::kill(hub.pids()[0], hub.dir().join("apiserver-restarted.log"))?;
+    hub.kill_apiserver();
     Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(fleet.member.clone(), "default")
         .delete("a", &Default::default())
         .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    hub_down.start()?;
+    hub.restart_apiserver().await?;
     wait_ready(&fleet.hub).await?;
     converged(&fleet, "app", &[("a", "1")]).await?;
 

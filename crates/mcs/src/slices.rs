@@ -102,7 +102,7 @@ impl SliceData {
 }
 
 /// The EndpointSlice resource `client`'s cluster serves: v1 when served, else v1beta1.
-/// Retries with backoff until one is found or `shutdown` would be the caller's business.
+/// Retries with backoff until one is found; the caller stops it by dropping the future.
 pub async fn discover(client: &kube::Client) -> ApiResource {
     let mut delay = Duration::from_millis(200);
     loop {

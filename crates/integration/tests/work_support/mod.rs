@@ -194,66 +194,6 @@ pub fn uid<K: kube::Resource>(object: &K) -> String {
     object.uid().unwrap_or_default()
 }
 
-/// A test-bed API server taken down (killed) and later started again with the same command
-/// line, port, certificates and etcd prefix: a real restart, which the test bed itself does
-/// not offer. The restarted process is killed when this is dropped.
-pub struct Restartable {
-    command: Vec<std::ffi::OsString>,
-    cwd: std::path::PathBuf,
-    log: std::path::PathBuf,
-    running: Option<std::process::Child>,
-}
-
-impl Restartable {
-    /// Kills the process `pid` (an API server of the test bed), remembering how it was run.
-    pub fn kill(pid: u32, log: std::path::PathBuf) -> Result<Restartable> {
-        use std::os::unix::ffi::OsStrExt;
-        let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
-        let command: Vec<std::ffi::OsString> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| std::ffi::OsStr::from_bytes(a).to_owned())
-            .collect();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))?;
-        let killed = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()?;
-        anyhow::ensure!(killed.success(), "could not kill {pid}");
-        Ok(Restartable {
-            command,
-            cwd,
-            log,
-            running: None,
-        })
-    }
-
-    /// Starts it again (under `setpriv --pdeathsig KILL`, so it dies with the test).
-    pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = std::process::Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--"])
-            .args(&self.command)
-            .current_dir(&self.cwd)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.running = Some(child);
-        Ok(())
-    }
-}
-
-impl Drop for Restartable {
-    fn drop(&mut self) {
-        if let Some(child) = self.running.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Waits until the API server behind `client` answers again.
 pub async fn wait_ready(client: &Client) -> Result<()> {
     eventually(
