@@ -20,3 +20,4 @@ mod hub_resources;
 mod mcs_identity;
 mod member_credentials;
 mod pull_identity;
+mod support;

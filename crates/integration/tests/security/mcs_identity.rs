@@ -5,7 +5,6 @@
 //! hub, labels included. It must not be able to speak for another cluster.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -32,43 +31,12 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const MANAGER: &str = "atoll-system";
+use crate::support::start_hub;
+
 const PREFIX: &str = "atoll-cluster-";
 /// The honest cluster's ID sorts first, so it wins a tie of export ages.
 const VICTIM_ID: &str = "id-b-victim";
 const ATTACKER_ID: &str = "id-z-attacker";
-
-/// `atoll hub` in process, over memory, with Atoll's CRDs.
-struct InProcessHub {
-    _dir: tempfile::TempDir,
-    _server: atoll_apiserver::Hub,
-    client: Client,
-}
-
-async fn start_hub() -> Result<InProcessHub> {
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn atoll_store::Store> = Arc::new(atoll_store::memory::MemoryStore::new());
-    let server = atoll_apiserver::Hub::start(
-        store,
-        atoll_apiserver::HubConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse()?,
-            token_file: None,
-            extra_sans: vec![],
-            compaction_interval: None,
-            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
-        },
-    )
-    .await?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(&server.admin_kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    let client = Client::try_from(config)?;
-    atoll_testbed::install_crds(&client, atoll_api::crds()?).await?;
-    Ok(InProcessHub {
-        _dir: dir,
-        _server: server,
-        client,
-    })
-}
 
 async fn namespace(hub: &Client, name: &str) -> Result<()> {
     let mut ns = Namespace::default();

@@ -30,54 +30,9 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Client, Config};
 
+use crate::support::start_hub;
+
 const TENANT: &str = "tenant-of-victim";
-
-/// `atoll hub` in process, over memory, with Atoll's CRDs.
-struct InProcessHub {
-    _dir: tempfile::TempDir,
-    _server: atoll_apiserver::Hub,
-    admin_kubeconfig: Kubeconfig,
-    client: Client,
-}
-
-async fn start_hub() -> Result<InProcessHub> {
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn atoll_store::Store> = Arc::new(atoll_store::memory::MemoryStore::new());
-    let server = atoll_apiserver::Hub::start(
-        store,
-        atoll_apiserver::HubConfig {
-            data_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse()?,
-            token_file: None,
-            extra_sans: vec![],
-            compaction_interval: None,
-            max_token_expiration: atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION,
-        },
-    )
-    .await?;
-    let admin_kubeconfig = Kubeconfig::read_from(&server.admin_kubeconfig)?;
-    let config =
-        Config::from_custom_kubeconfig(admin_kubeconfig.clone(), &Default::default()).await?;
-    let client = Client::try_from(config)?;
-    atoll_testbed::install_crds(&client, atoll_api::crds()?).await?;
-    Ok(InProcessHub {
-        _dir: dir,
-        _server: server,
-        admin_kubeconfig,
-        client,
-    })
-}
-
-impl InProcessHub {
-    /// The hub as the tenant (the admin impersonating it).
-    async fn as_tenant(&self) -> Result<Client> {
-        let mut config =
-            Config::from_custom_kubeconfig(self.admin_kubeconfig.clone(), &Default::default())
-                .await?;
-        config.auth_info.impersonate = Some(TENANT.into());
-        Ok(Client::try_from(config)?)
-    }
-}
 
 async fn namespace(hub: &Client, name: &str) -> Result<()> {
     let mut ns = Namespace::default();
@@ -182,7 +137,7 @@ async fn a_tenant_planted_exec_plugin_never_runs_on_the_hub() -> Result<()> {
     let hub = start_hub().await?;
     let admin = hub.client.clone();
     victim_with_tenant(&admin).await?;
-    let tenant = hub.as_tenant().await?;
+    let tenant = hub.as_user(TENANT).await?;
     let scratch = tempfile::tempdir()?;
     let marker = scratch.path().join("pwned");
     let planted = kubeconfig_secret(
@@ -282,7 +237,7 @@ async fn a_tenant_cannot_read_replace_or_shadow_the_stored_credentials() -> Resu
     let hub = start_hub().await?;
     let admin = hub.client.clone();
     victim_with_tenant(&admin).await?;
-    let tenant = hub.as_tenant().await?;
+    let tenant = hub.as_user(TENANT).await?;
 
     // Two listeners: the member the hub stored, and the tenant's own server.
     let member = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
