@@ -432,6 +432,11 @@ pub struct AppliedWorkSpec {
     pub work_name: String,
     /// Namespace of the Work on the hub.
     pub work_namespace: String,
+    /// Atoll: the Work's `deleteOption` as last applied, so that what the Work applied is
+    /// deleted or orphaned as it says even after the Work is gone (deleted while no applier
+    /// ran, or its cluster unjoined). Foreground deletion when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_option: Option<DeleteOption>,
 }
 
 /// The resources a Work applied.

@@ -404,3 +404,168 @@ async fn a_work_deleted_without_its_finalizer_is_still_collected() -> Result<()>
     .await?;
     Ok(())
 }
+
+fn orphaning(name: &str) -> atoll_api::work::DeleteOption {
+    use atoll_api::work::{DeleteOption, DeletePropagationPolicy, ResourceIdentifier};
+    DeleteOption {
+        propagation_policy: DeletePropagationPolicy::SelectivelyOrphan,
+        selectively_orphans: Some(atoll_api::work::SelectivelyOrphan {
+            orphaning_rules: vec![ResourceIdentifier {
+                group: String::new(),
+                resource: "configmaps".into(),
+                namespace: "default".into(),
+                name: name.into(),
+            }],
+        }),
+    }
+}
+
+/// As OCM's work agent: a manifest dropped from a Work goes from the member unless the Work's
+/// deleteOption orphans it, and then it stays, untracked.
+#[tokio::test]
+async fn a_dropped_manifest_goes_unless_the_delete_option_orphans_it() -> Result<()> {
+    let fleet = fleet().await?;
+    let _applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    let mut dropping = work(
+        "dropping",
+        vec![
+            configmap("d-keep", "default", json!({})),
+            configmap("d-delete", "default", json!({})),
+            configmap("d-stay", "default", json!({})),
+        ],
+    );
+    dropping.spec.delete_option = Some(orphaning("d-keep"));
+    create(&fleet.works, &dropping).await?;
+    work_until(&fleet.works, "dropping", "applied", |w| {
+        work_condition(w, CONDITION_APPLIED, TRUE)
+    })
+    .await?;
+    let kept = member_configmap(&fleet.member, "default", "d-keep")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("d-keep not applied"))?;
+    edit(&fleet.works, "dropping", |spec| {
+        spec.workload.manifests.truncate(0);
+        spec.workload
+            .manifests
+            .push(atoll_api::work::Manifest(configmap(
+                "d-stay",
+                "default",
+                json!({}),
+            )));
+    })
+    .await?;
+    let records: Api<AppliedWork> = Api::all(fleet.member.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the dropped manifests leave the record",
+        || async {
+            let listed = records
+                .get("dropping")
+                .await?
+                .status
+                .unwrap_or_default()
+                .applied_resources;
+            Ok((listed.len() == 1 && listed[0].identifier.name == "d-stay").then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        member_configmap(&fleet.member, "default", "d-delete")
+            .await?
+            .is_none(),
+        "a dropped manifest the delete option does not orphan is deleted"
+    );
+    ensure!(
+        member_configmap(&fleet.member, "default", "d-keep")
+            .await?
+            .map(|c| uid(&c))
+            == Some(uid(&kept)),
+        "a dropped manifest the delete option orphans stays, the same object"
+    );
+    ensure!(
+        member_configmap(&fleet.member, "default", "d-stay")
+            .await?
+            .is_some()
+    );
+    Ok(())
+}
+
+/// A Work that vanished while no applier ran is swept as the delete option its record carries
+/// says: orphaned objects stay, the others go (Foreground when it had none), and the record
+/// follows the Work's latest option, not the one it was created with.
+#[tokio::test]
+async fn a_vanished_work_is_swept_as_its_recorded_delete_option_says() -> Result<()> {
+    let fleet = fleet().await?;
+    let applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    create(
+        &fleet.works,
+        &work(
+            "orphans",
+            vec![
+                configmap("v-keep", "default", json!({})),
+                configmap("v-delete", "default", json!({})),
+            ],
+        ),
+    )
+    .await?;
+    create(
+        &fleet.works,
+        &work("plain", vec![configmap("v-plain", "default", json!({}))]),
+    )
+    .await?;
+    for name in ["orphans", "plain"] {
+        work_until(&fleet.works, name, "applied", |w| {
+            work_condition(w, CONDITION_APPLIED, TRUE)
+        })
+        .await?;
+    }
+    // Set after the Work was first applied: the record must follow.
+    edit(&fleet.works, "orphans", |spec| {
+        spec.delete_option = Some(orphaning("v-keep"));
+    })
+    .await?;
+    let records: Api<AppliedWork> = Api::all(fleet.member.clone());
+    eventually(
+        Duration::from_secs(60),
+        "the record carries the Work's delete option",
+        || async {
+            let record = records.get("orphans").await?;
+            Ok((record.spec.delete_option == Some(orphaning("v-keep"))).then_some(()))
+        },
+    )
+    .await?;
+    // While the applier is away, both Works go without their finalizer running.
+    applier.stop().await?;
+    for name in ["orphans", "plain"] {
+        fleet
+            .works
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await?;
+        fleet.works.delete(name, &DeleteParams::default()).await?;
+    }
+    let _applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    eventually(Duration::from_secs(60), "both records swept", || async {
+        Ok(records
+            .list(&Default::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    for (name, stays) in [("v-keep", true), ("v-delete", false), ("v-plain", false)] {
+        ensure!(
+            member_configmap(&fleet.member, "default", name)
+                .await?
+                .is_some()
+                == stays,
+            "{name}: expected to {}",
+            if stays { "stay" } else { "go" }
+        );
+    }
+    Ok(())
+}

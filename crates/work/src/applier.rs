@@ -41,6 +41,10 @@ use crate::status::{self, CONDITION_DIFF_REPORTED, Health};
 
 /// The default field manager of server-side apply.
 pub const FIELD_MANAGER: &str = "atoll";
+/// Work condition reason: a request to the member failed; the Work is retried.
+pub(crate) const REASON_MEMBER_ERROR: &str = "MemberError";
+/// Work condition reason: the member could not be reached; the Work is retried.
+pub(crate) const REASON_MEMBER_UNREACHABLE: &str = "MemberUnreachable";
 /// Label on the AppliedWork CRD and the AppliedWorks the applier creates in a member.
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "atoll");
 
@@ -103,7 +107,7 @@ pub enum WorkError {
     },
 }
 
-fn on_hub(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WorkError {
+pub(crate) fn on_hub(action: impl Into<String>) -> impl FnOnce(kube::Error) -> WorkError {
     let action = action.into();
     move |source| WorkError::Hub { action, source }
 }
@@ -342,17 +346,31 @@ pub async fn run(
     info!(%namespace, "stopped applying Works");
 }
 
-/// Creates the AppliedWork CRD in the member unless it exists, and waits until it is served.
+/// Creates the AppliedWork CRD in the member unless it exists (bringing the versions of one
+/// Atoll installed up to date, so that no recorded field is pruned), and waits until it is
+/// served.
 async fn install_applied_work_crd(member: &Client) -> Result<(), WorkError> {
     let crds: Api<CustomResourceDefinition> = Api::all(member.clone());
     let mut crd = AppliedWork::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    if crds
+    let existing = crds
         .get_opt(&name)
         .await
-        .map_err(on_member("reading the AppliedWork CRD"))?
-        .is_none()
+        .map_err(on_member("reading the AppliedWork CRD"))?;
+    if let Some(existing) = &existing
+        && existing.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+        && existing.spec.versions != crd.spec.versions
     {
+        crds.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"versions": crd.spec.versions}})),
+        )
+        .await
+        .map_err(on_member("updating the AppliedWork CRD"))?;
+        info!("updated the AppliedWork CRD in the member");
+    }
+    if existing.is_none() {
         crd.metadata
             .labels
             .get_or_insert_default()
@@ -415,8 +433,8 @@ async fn reconcile(work: Arc<Work>, ctx: Arc<Ctx>) -> Result<Action, WorkError> 
                 WorkError::Member {
                     source: kube::Error::Api(_),
                     ..
-                } => Some((UNKNOWN, "MemberError")),
-                WorkError::Member { .. } => Some((UNKNOWN, "MemberUnreachable")),
+                } => Some((UNKNOWN, REASON_MEMBER_ERROR)),
+                WorkError::Member { .. } => Some((UNKNOWN, REASON_MEMBER_UNREACHABLE)),
                 WorkError::RecordConflict { .. } => Some((FALSE, "AppliedWorkConflict")),
                 WorkError::Hub { .. } => None,
             };
@@ -782,8 +800,11 @@ async fn replace(
     serde_json::to_value(replaced).map_err(kube::Error::SerdeError)
 }
 
-/// The member's record of a Work, created when missing.
-async fn record(ctx: &Ctx, name: &str) -> Result<AppliedWork, WorkError> {
+/// The member's record of a Work, created when missing, carrying the Work's current
+/// `deleteOption` (what happens to the applied objects once the Work is gone).
+async fn record(ctx: &Ctx, work: &Work) -> Result<AppliedWork, WorkError> {
+    let name = work.name_any();
+    let name = name.as_str();
     let api: Api<AppliedWork> = Api::all(ctx.member.clone());
     let existing = match api
         .get_opt(name)
@@ -797,6 +818,7 @@ async fn record(ctx: &Ctx, name: &str) -> Result<AppliedWork, WorkError> {
                 AppliedWorkSpec {
                     work_name: name.to_owned(),
                     work_namespace: ctx.namespace.clone(),
+                    delete_option: work.spec.delete_option.clone(),
                 },
             );
             record
@@ -822,6 +844,16 @@ async fn record(ctx: &Ctx, name: &str) -> Result<AppliedWork, WorkError> {
                 existing.spec.work_namespace, existing.spec.work_name
             ),
         });
+    }
+    if existing.spec.delete_option != work.spec.delete_option {
+        return api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"deleteOption": work.spec.delete_option}})),
+            )
+            .await
+            .map_err(on_member("recording the delete option in the AppliedWork"));
     }
     Ok(existing)
 }
@@ -956,7 +988,7 @@ async fn clean_up(work: &Work, ctx: &Ctx) -> Result<bool, WorkError> {
 /// whether to retry soon.
 async fn apply_work(work: &Work, ctx: &Ctx) -> Result<bool, WorkError> {
     let name = work.name_any();
-    let record = record(ctx, &name).await?;
+    let record = record(ctx, work).await?;
     let before = record.status.unwrap_or_default().applied_resources;
     let a = ApplyCtx {
         ctx,
@@ -1240,8 +1272,8 @@ async fn publish_failure(
 
 /// Cleans up after Works that disappeared without their finalizer running (deleted while
 /// the applier was not running and the finalizer was released): their AppliedWorks in the
-/// member are collected like a deleted Work's. Runs once the Work cache is complete, then at
-/// every resync.
+/// member are collected like a deleted Work's, as the delete option the record carries says.
+/// Runs once the Work cache is complete, then at every resync.
 async fn sweep(ctx: Arc<Ctx>, store: Store<Work>) {
     if store.wait_until_ready().await.is_err() {
         return futures::future::pending().await;
@@ -1259,9 +1291,10 @@ async fn sweep(ctx: Arc<Ctx>, store: Store<Work>) {
                     if store.get(&key).is_some() {
                         continue;
                     }
-                    // A stand-in for the vanished Work: default (Foreground) deletion.
+                    // A stand-in for the vanished Work, with the delete option it last had.
                     let mut gone = Work::new(&record.spec.work_name, Default::default());
                     gone.metadata.namespace = Some(ctx.namespace.clone());
+                    gone.spec.delete_option = record.spec.delete_option.clone();
                     match clean_up(&gone, &ctx).await {
                         Ok(true) => {
                             info!(work = %record.spec.work_name, "collected the member resources of a vanished Work")
