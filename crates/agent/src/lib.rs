@@ -12,15 +12,18 @@
 //!    agent registers with the bootstrap token: it stores a fresh key first, then sends a CSR
 //!    and waits for `atoll accept` (or auto-accept). A restart mid-way resumes the same CSR.
 //! 3. Once accepted, `clusterset.k8s.io` is written: the member is a member.
-//! 4. Connected, it renews the Lease `atoll-agent` every period, reports version, readiness and
-//!    ClusterProperties in the ConfigMap `atoll-agent-status` (on change, from a watch), runs
+//! 4. Connected, it renews the Lease `atoll-agent` every period, reports version, readiness,
+//!    ClusterProperties and whether the member serves the MCS CRDs (checked every minute) in
+//!    the ConfigMap `atoll-agent-status` (on change, from a watch), runs
 //!    the cluster tasks, and renews its certificate at 80% of its lifetime or when the hub
 //!    asks (annotation `atoll.io/rotate-credentials` on the Lease).
 //! 5. When the hub no longer lets it in (its namespace and RBAC are gone: unjoined), it removes
-//!    what it created in the member and exits.
+//!    what the cluster's Works applied (as each AppliedWork record's `deleteOption` says) and
+//!    what it created in the member, and exits.
 //!
 //! Must not depend on: the hub API server, the store, DNS. It reuses the inventory library of
-//! `atoll-controllers` for names and the member's About API.
+//! `atoll-controllers` for names and the member's About API, `atoll-work` to remove what the
+//! Works applied at unjoin, and `atoll-mcs` to check the member's MCS CRDs.
 
 pub mod credentials;
 pub mod register;
@@ -32,8 +35,8 @@ use std::time::Duration;
 use atoll_api::about::ClusterProperty;
 use atoll_controllers::inventory::pull::{
     AGENT_LEASE, AGENT_STATUS_CONFIGMAP, ANNOTATION_GENERATION, ANNOTATION_ROTATE, BootstrapToken,
-    STATUS_KEY_PROPERTIES, STATUS_KEY_READY, STATUS_KEY_VERSION, bootstrap_name, new_generation,
-    renewal_csr_name,
+    STATUS_KEY_MCS_CRDS_MISSING, STATUS_KEY_PROPERTIES, STATUS_KEY_READY, STATUS_KEY_VERSION,
+    bootstrap_name, new_generation, renewal_csr_name,
 };
 use atoll_controllers::inventory::status::{Probe, probe_client};
 use atoll_controllers::inventory::{
@@ -92,6 +95,9 @@ pub enum AgentError {
     /// Settling the member's About API failed.
     #[error(transparent)]
     Inventory(#[from] JoinError),
+    /// What the cluster's Works applied could not be removed from the member after unjoin.
+    #[error("removing what the cluster's Works applied: {0}")]
+    Workloads(#[from] atoll_work::RemovalError),
 }
 
 /// How the agent is run.
@@ -222,7 +228,7 @@ impl AgentError {
                     | JoinError::Hub { .. }
                     | JoinError::MemberUnreachable { .. }
             ),
-            AgentError::Hub { .. } | AgentError::Member { .. } => false,
+            AgentError::Hub { .. } | AgentError::Member { .. } | AgentError::Workloads(_) => false,
         }
     }
 }
@@ -317,12 +323,47 @@ async fn run_until_unjoined(
             }
             SessionEnd::Unjoined => {
                 info!(cluster = %options.cluster, "unjoined by the hub; removing the agent's footprint in the member");
+                remove_workloads(member, &options.cluster).await?;
                 inventory::leave_member(member).await?;
                 credentials::forget(member).await?;
                 return Ok(Exit::Unjoined);
             }
         }
     }
+}
+
+/// How long the agent waits for the foreground deletion of what its Works applied.
+const WORKLOAD_REMOVAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// After unjoin: removes what the cluster's Works applied, as the member's AppliedWork records
+/// say (each carries its Work's last `deleteOption`; `atoll unjoin --keep-workloads` set them
+/// all to Orphan before the hub let go), then the records. Before the AppliedWork CRD goes.
+async fn remove_workloads(member: &Client, cluster: &str) -> Result<(), AgentError> {
+    let namespace = cluster_namespace(cluster);
+    let records = atoll_work::removal::applied_records(member, &namespace)
+        .await
+        .map_err(atoll_work::RemovalError::from)?;
+    let removed = atoll_work::remove_applied(
+        member,
+        &atoll_work::Removal {
+            namespace,
+            keep_all: false,
+            timeout: WORKLOAD_REMOVAL_TIMEOUT,
+        },
+        &BTreeMap::new(),
+        records,
+    )
+    .await?;
+    let listed = |objects: &std::collections::BTreeSet<String>| {
+        objects.iter().cloned().collect::<Vec<_>>().join(", ")
+    };
+    info!(
+        %cluster,
+        deleted = %listed(&removed.deleted),
+        kept = %listed(&removed.kept),
+        "removed what the cluster's Works applied (kept what they orphan)"
+    );
+    Ok(())
 }
 
 /// Clears a member's pull-mode registration: the stored hub credentials, the namespace the
@@ -452,6 +493,7 @@ async fn session(
     let mut refusals = 0;
     let mut ready = String::new();
     let mut reported: Option<BTreeMap<String, String>> = None;
+    let mut mcs_crds = McsCrdCheck::default();
     loop {
         // After a refusal, ask again within a second: the cluster's tasks fail meanwhile.
         let refused = refusals > 0;
@@ -523,6 +565,7 @@ async fn session(
                 Probe::Ready => "ok".into(),
                 Probe::NotReady(why) | Probe::Unreachable(why) => why,
             };
+            mcs_crds.check_if_due(&connected.member).await;
         }
         let mut data = BTreeMap::from([
             (STATUS_KEY_VERSION.to_owned(), version.to_owned()),
@@ -532,6 +575,9 @@ async fn session(
             STATUS_KEY_PROPERTIES.to_owned(),
             properties_map(&properties),
         );
+        if let Some(missing) = &mcs_crds.missing {
+            data.insert(STATUS_KEY_MCS_CRDS_MISSING.to_owned(), missing.clone());
+        }
         if reported.as_ref() != Some(&data) {
             match write_report(&reports, &connected.cluster, &data).await {
                 Ok(()) => reported = Some(data),
@@ -542,6 +588,34 @@ async fn session(
                     refusals = refusals.max(1);
                 }
                 Err(error) => warn!(cluster = %connected.cluster, %error, "reporting status"),
+            }
+        }
+    }
+}
+
+/// Whether the member serves the MCS CRDs, for the status report (the hub turns it into the
+/// profile's `MultiClusterServicesReady` condition, as in push mode). Checked at the first
+/// tick of a session, then every [`atoll_mcs::member::CRD_RECHECK`]: one discovery request.
+#[derive(Default)]
+struct McsCrdCheck {
+    /// What the member lacks, as a sentence; empty when it serves them; `None` until known.
+    missing: Option<String>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl McsCrdCheck {
+    async fn check_if_due(&mut self, member: &Client) {
+        let now = tokio::time::Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            return;
+        }
+        match atoll_mcs::member::missing_crds(member).await {
+            Ok(missing) => {
+                self.missing = Some(missing.unwrap_or_default());
+                self.next = Some(now + atoll_mcs::member::CRD_RECHECK);
+            }
+            Err(error) => {
+                debug!(%error, "checking the member's MCS CRDs; again at the next tick");
             }
         }
     }

@@ -265,3 +265,197 @@ fn pull_mode_as_the_readme_walks_it_a_used_token_is_gone_and_refused() -> Result
     assert!(!again.status.success(), "nothing left to revoke: {again:?}");
     Ok(())
 }
+
+/// Joins the member at `member` to the hub at `hub` in pull mode, as the README walks it:
+/// `atoll token create`, the printed `atoll agent` command, `atoll accept`. Returns the agent,
+/// its stderr going to `stderr`.
+fn join_pull(hub: &Path, member: &Path, name: &str, stderr: Stdio) -> Result<Reaped> {
+    let printed = ok(atoll(hub, &["token", "create", "--cluster", name])?)?;
+    let agent = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_atoll"))
+            .args(agent_args(&printed, member))
+            .args(["--lease-period", "1"])
+            .env_remove("KUBECONFIG")
+            .env("RUST_LOG", "warn")
+            .stderr(stderr)
+            .spawn()?,
+    );
+    let waiting = wait_until(60, || {
+        Ok(ok(atoll(hub, &["accept"])?)?
+            .lines()
+            .skip(1)
+            .any(|row| row.split_whitespace().next() == Some(name)))
+    })?;
+    assert!(waiting, "`atoll accept` lists {name}");
+    ok(atoll(hub, &["accept", name])?)?;
+    Ok(agent)
+}
+
+/// The uid of ConfigMap default/settings in the member, if it is there.
+fn settings_uid(member: &Path) -> Result<Option<String>> {
+    let output = Command::new(atoll_testbed::kubectl_bin())
+        .arg(format!("--kubeconfig={}", member.display()))
+        .args([
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .output()?;
+    Ok(output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned()))
+}
+
+/// Whether the member still serves AppliedWorks (the records that track what Works applied).
+fn tracks_applied_works(member: &Path) -> Result<bool> {
+    Ok(Command::new(atoll_testbed::kubectl_bin())
+        .arg(format!("--kubeconfig={}", member.display()))
+        .args(["get", "crd", "appliedworks.multicluster.x-k8s.io"])
+        .output()?
+        .status
+        .success())
+}
+
+/// README's unjoin in pull mode: the agent removes what the cluster's Works applied, or, with
+/// `atoll unjoin --keep-workloads`, leaves it (the same object, untracked), as push mode does.
+#[test]
+fn pull_mode_unjoin_removes_what_works_applied_unless_told_to_keep_it() -> Result {
+    let dir = tempfile::tempdir()?;
+    let (_hub, hub) = start_hub(&dir.path().join("hub"), false)?;
+    let file = dir.path().join("app.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\ndata:\n  color: blue\n",
+    )?;
+    let file = file.to_string_lossy().into_owned();
+    for keep in [false, true] {
+        let name = if keep { "edge-keep" } else { "edge-remove" };
+        let (_member_hub, member) = start_hub(&dir.path().join(name), true)?;
+        let mut agent = join_pull(&hub, &member, name, Stdio::inherit())?;
+        ok(atoll(
+            &hub,
+            &["apply-work", name, "-f", &file, "--name", "app"],
+        )?)?;
+        let mut applied = None;
+        assert!(
+            wait_until(60, || {
+                applied = settings_uid(&member)?;
+                Ok(applied.is_some())
+            })?,
+            "{name}: the Work's ConfigMap reaches the member"
+        );
+
+        let mut args = vec!["unjoin", name];
+        if keep {
+            args.push("--keep-workloads");
+        }
+        let said = ok(atoll(&hub, &args)?)?;
+        let mut exit = None;
+        assert!(
+            wait_until(60, || {
+                exit = agent.0.try_wait()?;
+                Ok(exit.is_some())
+            })?,
+            "{name}: the agent notices the unjoin and exits"
+        );
+        assert!(exit.is_some_and(|e| e.success()), "{name}: {exit:?}");
+        assert!(
+            !tracks_applied_works(&member)?,
+            "{name}: the AppliedWork CRD is gone with the agent"
+        );
+        if keep {
+            assert!(
+                said.contains("keeps what the cluster's Works applied"),
+                "{said}"
+            );
+            assert_eq!(
+                settings_uid(&member)?,
+                applied,
+                "--keep-workloads keeps the very ConfigMap the Work applied"
+            );
+        } else {
+            assert!(
+                said.contains("removes what the cluster's Works applied"),
+                "{said}"
+            );
+            assert_eq!(
+                settings_uid(&member)?,
+                None,
+                "unjoin removes the ConfigMap the Work applied"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A member without the MCS CRDs, in pull mode as in push mode: its ClusterProfile says so
+/// (`MultiClusterServicesReady=False`, reason `MCSCRDsMissing`, with the fix), the agent logs
+/// it once rather than a flood, and once the CRDs are installed the condition turns True.
+#[test]
+fn a_pull_member_without_the_mcs_crds_gets_a_condition_not_a_log_flood() -> Result {
+    let dir = tempfile::tempdir()?;
+    let (_hub, hub) = start_hub(&dir.path().join("hub"), false)?;
+    let (_member_hub, member) = start_hub(&dir.path().join("member"), true)?;
+    let log = dir.path().join("agent.log");
+    let _agent = join_pull(
+        &hub,
+        &member,
+        "edge-mcs",
+        Stdio::from(std::fs::File::create(&log)?),
+    )?;
+    let condition = |field: &str| -> Result<String> {
+        let output = Command::new(atoll_testbed::kubectl_bin())
+            .arg(format!("--kubeconfig={}", hub.display()))
+            .args([
+                "get",
+                "clusterprofile",
+                "edge-mcs",
+                "-n",
+                "atoll-system",
+                "-o",
+                &format!(
+                    "jsonpath={{.status.conditions[?(@.type==\"MultiClusterServicesReady\")].{field}}}"
+                ),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    assert!(
+        wait_until(60, || Ok(condition("status")? == "False"))?,
+        "the profile says MCS is paused"
+    );
+    assert_eq!(condition("reason")?, "MCSCRDsMissing");
+    let message = condition("message")?;
+    assert!(
+        message.contains("ServiceExport") && message.contains("atoll crds --only mcs"),
+        "the condition names what is missing and the fix: {message}"
+    );
+
+    // Install the CRDs in the member; the agent's next check (within about a minute) sees them.
+    let crds = dir.path().join("mcs.yaml");
+    std::fs::write(&crds, ok(atoll(&member, &["crds", "--only", "mcs"])?)?)?;
+    let applied = Command::new(atoll_testbed::kubectl_bin())
+        .arg(format!("--kubeconfig={}", member.display()))
+        .args(["apply", "-f"])
+        .arg(&crds)
+        .output()?;
+    assert!(applied.status.success(), "{applied:?}");
+    assert!(
+        wait_until(120, || Ok(condition("status")? == "True"))?,
+        "the profile says MCS runs once the member serves the CRDs"
+    );
+    assert_eq!(condition("reason")?, "MCSCRDsServed");
+    // Over a minute of a member without the CRDs: a line when MCS paused, one when it started.
+    let logged = std::fs::read_to_string(&log)?;
+    let about_mcs = logged.lines().filter(|l| l.contains("MCS")).count();
+    assert!(
+        (1..=2).contains(&about_mcs),
+        "a line when it changes, not a flood:\n{logged}"
+    );
+    Ok(())
+}

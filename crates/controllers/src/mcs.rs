@@ -240,8 +240,9 @@ const CRD_RECHECK_MAX: Duration = Duration::from_secs(600);
 /// Sets [`CONDITION_MCS_READY`] on the cluster's profile when it changed: `missing` says what
 /// the member lacks, `None` that it serves the CRDs (written only over an earlier `False`).
 /// The whole list is written conditional on the cached profile's resourceVersion, as the
-/// status controller writes it, so no other condition is lost.
-async fn publish_crd_condition(
+/// status controller writes it, so no other condition is lost. The status controller writes
+/// it so for what a pull-mode agent reports.
+pub(crate) async fn publish_crd_condition(
     profiles: &Api<ClusterProfile>,
     cache: &reflector::Store<ClusterProfile>,
     key: &ObjectRef<ClusterProfile>,

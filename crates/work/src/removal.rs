@@ -11,13 +11,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use atoll_api::conditions;
 use atoll_api::work::{
-    AppliedResourceMeta, AppliedWork, DeleteOption, DeletePropagationPolicy, WorkResourceIdentifier,
+    AppliedResourceMeta, AppliedWork, CONDITION_APPLIED, DeleteOption, DeletePropagationPolicy,
+    Work, WorkResourceIdentifier,
 };
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::applier::{Deletion, WorkError, delete_exact_in, on_member};
+use crate::applier::{
+    Deletion, REASON_MEMBER_ERROR, REASON_MEMBER_UNREACHABLE, WorkError, delete_exact_in, on_hub,
+    on_member,
+};
 use crate::manifest;
 
 /// What [`remove_applied`] should do.
@@ -59,6 +64,93 @@ pub enum RemovalError {
         /// How long it waited.
         timeout: Duration,
     },
+    /// The applier of some orphaned Works did not record their new delete option in time.
+    #[error(
+        "{pending} Work(s) (e.g. {example}) were set to orphan what they applied, but their applier did not record it in the member within {timeout:?}"
+    )]
+    NotRecorded {
+        /// How many.
+        pending: usize,
+        /// One of them.
+        example: String,
+        /// How long it waited.
+        timeout: Duration,
+    },
+}
+
+/// Sets a Work's `deleteOption` to Orphan: whatever removes it leaves what it applied.
+pub async fn orphan(works: &Api<Work>, name: &str) -> Result<Work, WorkError> {
+    works
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "spec": {"deleteOption": {"propagationPolicy": "Orphan"}}
+            })),
+        )
+        .await
+        .map_err(on_hub(format!("orphaning Work {name}")))
+}
+
+/// Orphans every Work `works` holds (see [`orphan`]) and waits until their applier has
+/// recorded it in the member's AppliedWorks: until each Work's `Applied` condition observes
+/// the orphaning generation from an applier that reached the member (the applier writes the
+/// record before the status). This is how a cluster whose member the hub cannot reach (pull
+/// mode) keeps its workloads: its agent later removes only what the records do not orphan.
+/// Returns how many Works were orphaned.
+pub async fn orphan_all(works: &Api<Work>, timeout: Duration) -> Result<usize, RemovalError> {
+    let listed = match works.list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(e) => return Err(on_hub("listing Works")(e).into()),
+    };
+    let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
+    for work in &listed {
+        let name = work.name_any();
+        let orphaned = orphan(works, &name).await?;
+        waiting.insert(name, orphaned.metadata.generation.unwrap_or_default());
+    }
+    let count = waiting.len();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut recorded = Vec::new();
+        for (name, generation) in &waiting {
+            let Some(work) = works
+                .get_opt(name)
+                .await
+                .map_err(on_hub(format!("reading Work {name}")))?
+            else {
+                // Gone already: its applier saw its deletion, with the option set.
+                recorded.push(name.clone());
+                continue;
+            };
+            let applied = work
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, CONDITION_APPLIED));
+            if applied.is_some_and(|c| {
+                c.observed_generation.unwrap_or_default() >= *generation
+                    && c.reason != REASON_MEMBER_ERROR
+                    && c.reason != REASON_MEMBER_UNREACHABLE
+            }) {
+                recorded.push(name.clone());
+            }
+        }
+        for name in recorded {
+            waiting.remove(&name);
+        }
+        let Some(example) = waiting.keys().next() else {
+            return Ok(count);
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(RemovalError::NotRecorded {
+                pending: waiting.len(),
+                example: example.clone(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn describe(id: &WorkResourceIdentifier) -> String {
@@ -88,16 +180,23 @@ pub async fn applied_records(
     }
 }
 
-/// Records by name: the Work's name and every entry the record ever listed.
-type Known = BTreeMap<String, (String, Vec<AppliedResourceMeta>)>;
+/// What is known of a record: its Work's name, the delete option it carries, and every entry
+/// it ever listed.
+struct Known {
+    work_name: String,
+    delete_option: Option<DeleteOption>,
+    resources: Vec<AppliedResourceMeta>,
+}
 
-fn remember(known: &mut Known, record: AppliedWork) {
-    let entry = known
-        .entry(record.name_any())
-        .or_insert_with(|| (record.spec.work_name.clone(), Vec::new()));
+fn remember(known: &mut BTreeMap<String, Known>, record: AppliedWork) {
+    let entry = known.entry(record.name_any()).or_insert_with(|| Known {
+        work_name: record.spec.work_name.clone(),
+        delete_option: record.spec.delete_option.clone(),
+        resources: Vec::new(),
+    });
     for applied in record.status.unwrap_or_default().applied_resources {
-        if !entry.1.iter().any(|a| a.uid == applied.uid) {
-            entry.1.push(applied);
+        if !entry.resources.iter().any(|a| a.uid == applied.uid) {
+            entry.resources.push(applied);
         }
     }
 }
@@ -105,9 +204,10 @@ fn remember(known: &mut Known, record: AppliedWork) {
 /// Deletes from `member` what the Works of `removal.namespace` applied (as each Work's
 /// `deleteOption` says, or nothing under `keep_all`), then their AppliedWork records.
 /// `delete_options` holds each Work's option by name and `before` the records, both read
-/// before the Works were deleted; a record of a Work not in `delete_options` counts as
-/// Foreground, as the applier's sweep treats a vanished Work. What an applier deletes
-/// meanwhile counts as deleted. A member without the AppliedWork CRD has nothing to remove.
+/// before the Works were deleted; a record of a Work not in `delete_options` (a pull-mode
+/// agent, whose Works are gone when it cleans up) follows the option the record carries, as
+/// the applier's sweep treats a vanished Work. What an applier deletes meanwhile counts as
+/// deleted. A member without the AppliedWork CRD has nothing to remove.
 pub async fn remove_applied(
     member: &Client,
     removal: &Removal,
@@ -120,7 +220,7 @@ pub async fn remove_applied(
     // Every record seen (before the Works went, and since), by name, with every entry it ever
     // listed: an applier cleaning up meanwhile drops entries and records as their objects go,
     // and what it is still deleting must be waited for all the same.
-    let mut known: Known = BTreeMap::new();
+    let mut known: BTreeMap<String, Known> = BTreeMap::new();
     for record in before {
         remember(&mut known, record);
     }
@@ -130,17 +230,20 @@ pub async fn remove_applied(
         }
         let mut pending: Vec<String> = Vec::new();
         let mut done: Vec<String> = Vec::new();
-        for (record_name, (work_name, resources)) in &known {
+        for (record_name, record) in &known {
             let option = if removal.keep_all {
                 Some(DeleteOption {
                     propagation_policy: DeletePropagationPolicy::Orphan,
                     selectively_orphans: None,
                 })
             } else {
-                delete_options.get(work_name).cloned().flatten()
+                match delete_options.get(&record.work_name) {
+                    Some(option) => option.clone(),
+                    None => record.delete_option.clone(),
+                }
             };
             let mut left = 0;
-            for applied in resources {
+            for applied in &record.resources {
                 let what = describe(&applied.identifier);
                 if manifest::is_orphaned(option.as_ref(), &applied.identifier) {
                     removed.kept.insert(what);

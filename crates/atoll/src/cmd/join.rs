@@ -123,8 +123,13 @@ pub async fn unjoin(args: UnjoinArgs) -> anyhow::Result<()> {
 /// What unjoin says: exactly what was removed from the member and what was kept there.
 fn unjoin_report(name: &str, unjoined: &inventory::Unjoined) -> String {
     if unjoined.pull {
+        let workloads = if unjoined.pull_workloads_orphaned {
+            "keeps what the cluster's Works applied (they now orphan it; the agent recorded that), removes"
+        } else {
+            "removes what the cluster's Works applied (as each Work's deleteOption says) and"
+        };
         return format!(
-            "cluster {name} removed from the hub; its agent removes what it created in the member and exits once it notices"
+            "cluster {name} removed from the hub; once its agent notices, it {workloads} what it created in the member, logs what it removed and kept, and exits"
         );
     }
     if !unjoined.member_cleaned {

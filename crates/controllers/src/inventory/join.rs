@@ -114,6 +114,17 @@ pub enum JoinError {
     /// What the cluster's Works applied could not be removed from the member.
     #[error("removing what the cluster's Works applied: {0}")]
     Workloads(#[from] atoll_work::RemovalError),
+    /// A pull-mode cluster's agent did not confirm that it keeps what the Works applied
+    /// (`keep_workloads` without `force`).
+    #[error(
+        "cluster {cluster:?} stays joined: {source}. Is its agent running? Start it and unjoin again, or run `atoll unjoin {cluster} --keep-workloads --force` to remove it from the hub anyway: its agent, once it notices, then deletes what the Works applied as each Work's deleteOption said"
+    )]
+    WorkloadsNotKept {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        source: atoll_work::RemovalError,
+    },
     /// Unjoin could not clean the member (without `force`).
     #[error(
         "cluster {cluster:?} stays joined: the member could not be cleaned: {source}. Fix that and unjoin again, or run `atoll unjoin {cluster} --force` to remove it from the hub anyway, which leaves in the member Atoll's identities (namespace {MEMBER_NAMESPACE}, ClusterRoles {MEMBER_CLUSTER_ROLE} and {MEMBER_WORK_CLUSTER_ROLE}), its ClusterProperties and the CRDs it installed, and everything the cluster's Works applied there"
@@ -975,6 +986,9 @@ pub struct UnjoinOptions {
 
 /// How long unjoin waits for the foreground deletion of what the cluster's Works applied.
 const WORKLOAD_REMOVAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long unjoin waits for a pull-mode agent to record that its Works orphan what they
+/// applied (`--keep-workloads`).
+const PULL_ORPHAN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The result of an unjoin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -984,6 +998,9 @@ pub struct Unjoined {
     pub member_cleaned: bool,
     /// Whether the cluster was joined in pull mode.
     pub pull: bool,
+    /// Pull mode: whether its agent recorded that the Works orphan what they applied
+    /// (`keep_workloads`), so that it keeps them when it cleans up.
+    pub pull_workloads_orphaned: bool,
     /// What the cluster's Works had applied in the member: deleted, or kept (orphaned by a
     /// `deleteOption` or `keep_workloads`). Empty when the member was not cleaned.
     pub workloads: atoll_work::Removed,
@@ -1028,8 +1045,25 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
         .is_some_and(|mode| mode == atoll_api::cluster_profile::MODE_PULL);
 
     let works: Api<Work> = Api::namespaced(hub.clone(), &namespace);
+    let mut pull_workloads_orphaned = false;
     let cleaned = if pull {
-        // The hub holds no credentials for a pull-mode member; its agent cleans it.
+        // The hub holds no credentials for a pull-mode member; its agent cleans it, as the
+        // records of its Works say. To keep the workloads, the Works orphan them first, and
+        // the agent's applier confirms it recorded that.
+        if options.keep_workloads {
+            match atoll_work::removal::orphan_all(&works, PULL_ORPHAN_TIMEOUT).await {
+                Ok(_) => pull_workloads_orphaned = true,
+                Err(error) if options.force => {
+                    warn!(%error, "--force: unjoining anyway; the agent, once it notices, removes what the Works applied as their records say");
+                }
+                Err(source) => {
+                    return Err(JoinError::WorkloadsNotKept {
+                        cluster: options.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(None)
     } else {
         clean_push_member(hub, options, &works).await
@@ -1076,6 +1110,7 @@ pub async fn unjoin(hub: &Client, options: &UnjoinOptions) -> Result<Unjoined, J
     Ok(Unjoined {
         member_cleaned,
         pull,
+        pull_workloads_orphaned,
         workloads,
         kept_cluster_property_crd,
     })
@@ -1126,16 +1161,9 @@ async fn clean_push_member(
     for work in &listed {
         let name = work.metadata.name.clone().unwrap_or_default();
         if options.keep_workloads {
-            works
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({
-                        "spec": {"deleteOption": {"propagationPolicy": "Orphan"}}
-                    })),
-                )
+            atoll_work::removal::orphan(works, &name)
                 .await
-                .map_err(on_hub(format!("orphaning Work {name}")))?;
+                .map_err(|e| JoinError::Workloads(e.into()))?;
         }
         delete_options.insert(name.clone(), work.spec.delete_option.clone());
         delete_if_exists(works, &name)

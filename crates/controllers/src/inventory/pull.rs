@@ -96,6 +96,9 @@ pub const STATUS_KEY_VERSION: &str = "kubernetes-version";
 pub const STATUS_KEY_READY: &str = "ready";
 /// Key of the member's ClusterProperties (a JSON object of name to value).
 pub const STATUS_KEY_PROPERTIES: &str = "properties";
+/// Key of what the member lacks of the MCS CRDs, as a sentence; empty when it serves them.
+/// Absent from agents that do not check.
+pub const STATUS_KEY_MCS_CRDS_MISSING: &str = "mcs-crds-missing";
 /// Annotation an operator sets on the agent's Lease to ask for new credentials now.
 pub const ANNOTATION_ROTATE: &str = "atoll.io/rotate-credentials";
 /// The signer that issues agent certificates.

@@ -48,8 +48,8 @@ use super::names::{LABEL_CLUSTER_NAME, cluster_namespace};
 use super::profiles::{ClusterWorkers, Gone, ProfileEvents, ProfileFeed, WorkerSet};
 use super::property_watch::{self, Properties};
 use super::pull::{
-    AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_PROPERTIES, STATUS_KEY_READY,
-    STATUS_KEY_VERSION,
+    AGENT_LEASE, AGENT_STATUS_CONFIGMAP, STATUS_KEY_MCS_CRDS_MISSING, STATUS_KEY_PROPERTIES,
+    STATUS_KEY_READY, STATUS_KEY_VERSION,
 };
 use crate::client::{Answer, MemberHttp, read_limited};
 
@@ -625,6 +625,15 @@ async fn pull_worker(
             observed,
         )
         .await;
+        // What the agent found of the MCS CRDs: the same condition as push mode's.
+        if let Some(missing) = data.get(STATUS_KEY_MCS_CRDS_MISSING) {
+            let missing = (!missing.is_empty()).then_some(missing.as_str());
+            if let Err(error) =
+                crate::mcs::publish_crd_condition(&profiles, &cache, &key, missing).await
+            {
+                debug!(cluster = %name, %error, "writing the MCS condition; again at the next tick");
+            }
+        }
     }
 }
 
