@@ -574,6 +574,10 @@ pub fn lease_verdict(
     }
 }
 
+/// The most of an agent's report of missing MCS CRDs that its profile repeats (the agent says
+/// which kinds it lacks in one short sentence).
+const MCS_REPORT_MAX_CHARS: usize = 256;
+
 /// Keeps a pull-mode cluster's profile status true to what its agent reports, until aborted.
 async fn pull_worker(
     hub: Client,
@@ -625,11 +629,13 @@ async fn pull_worker(
             observed,
         )
         .await;
-        // What the agent found of the MCS CRDs: the same condition as push mode's.
+        // What the agent found of the MCS CRDs: the same condition as push mode's, with at
+        // most a sentence of what the agent wrote.
         if let Some(missing) = data.get(STATUS_KEY_MCS_CRDS_MISSING) {
-            let missing = (!missing.is_empty()).then_some(missing.as_str());
+            let missing: Option<String> =
+                (!missing.is_empty()).then(|| missing.chars().take(MCS_REPORT_MAX_CHARS).collect());
             if let Err(error) =
-                crate::mcs::publish_crd_condition(&profiles, &cache, &key, missing).await
+                crate::mcs::publish_crd_condition(&profiles, &cache, &key, missing.as_deref()).await
             {
                 debug!(cluster = %name, %error, "writing the MCS condition; again at the next tick");
             }

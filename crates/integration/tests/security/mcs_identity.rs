@@ -380,3 +380,81 @@ async fn a_member_reporting_another_clusters_id_does_not_change_its_recorded_id(
     aggregator.await?;
     Ok(())
 }
+
+/// A compromised agent reports its member lacks the MCS CRDs with a megabyte-sized sentence,
+/// and tries to speak for another cluster by naming it. Its own profile gets the condition
+/// with at most a sentence of its text; the other cluster's profile is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_report_of_missing_mcs_crds_is_bounded_and_its_own() -> Result<()> {
+    use atoll_controllers::inventory::pull::STATUS_KEY_MCS_CRDS_MISSING;
+    use atoll_controllers::mcs::{CONDITION_MCS_READY, REASON_CRDS_MISSING};
+    let hub = start_hub().await?;
+    let client = hub.client.clone();
+    namespace(&client, MANAGER).await?;
+    let profiles: Api<ClusterProfile> = Api::namespaced(client.clone(), MANAGER);
+    for (cluster, id) in [("victim", VICTIM_ID), ("attacker", ATTACKER_ID)] {
+        joined(&client, cluster, id).await?;
+        profiles
+            .patch(
+                cluster,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {LABEL_MODE: MODE_PULL}}})),
+            )
+            .await?;
+    }
+    let ns = format!("{PREFIX}attacker");
+    let flood = format!("cluster victim: {}", "x".repeat(900 * 1024));
+    let report: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": AGENT_STATUS_CONFIGMAP, "namespace": ns,
+            "labels": {LABEL_CLUSTER_NAME: "victim"}},
+        "data": {STATUS_KEY_MCS_CRDS_MISSING: flood, "ready": "ok"},
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .patch(
+            AGENT_STATUS_CONFIGMAP,
+            &PatchParams::apply("attack").force(),
+            &Patch::Apply(&report),
+        )
+        .await?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let statuses = tokio::spawn(status::run(
+        client.clone(),
+        MANAGER.into(),
+        HealthConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let condition = eventually(
+        Duration::from_secs(30),
+        "the attacker's profile says MCS is paused",
+        || async {
+            let profile = profiles.get("attacker").await?;
+            Ok(profile
+                .status
+                .and_then(|s| conditions::find(&s.conditions, CONDITION_MCS_READY).cloned()))
+        },
+    )
+    .await?;
+    ensure!(condition.status == conditions::FALSE && condition.reason == REASON_CRDS_MISSING);
+    ensure!(
+        condition.message.len() < 1024,
+        "at most a sentence of the agent's text: {} bytes",
+        condition.message.len()
+    );
+    let victim = profiles.get("victim").await?;
+    ensure!(
+        victim
+            .status
+            .as_ref()
+            .and_then(|s| conditions::find(&s.conditions, CONDITION_MCS_READY))
+            .is_none(),
+        "the report speaks only for the attacker's own cluster"
+    );
+    let _ = stop.send(());
+    statuses.await?;
+    Ok(())
+}
