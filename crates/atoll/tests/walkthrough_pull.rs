@@ -459,3 +459,47 @@ fn a_pull_member_without_the_mcs_crds_gets_a_condition_not_a_log_flood() -> Resu
     );
     Ok(())
 }
+
+/// `atoll unjoin --keep-workloads` of a pull cluster whose agent is not running cannot have
+/// the keeping recorded in the member: it refuses, names `--force` and what that would mean,
+/// and the cluster stays joined.
+#[test]
+fn pull_mode_unjoin_keep_workloads_without_the_agent_refuses_and_stays_joined() -> Result {
+    let dir = tempfile::tempdir()?;
+    let (_hub, hub) = start_hub(&dir.path().join("hub"), false)?;
+    let (_member_hub, member) = start_hub(&dir.path().join("member"), true)?;
+    let file = dir.path().join("app.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\n",
+    )?;
+    let agent = join_pull(&hub, &member, "edge-away", Stdio::inherit())?;
+    ok(atoll(
+        &hub,
+        &[
+            "apply-work",
+            "edge-away",
+            "-f",
+            &file.to_string_lossy(),
+            "--name",
+            "app",
+        ],
+    )?)?;
+    assert!(
+        wait_until(60, || Ok(settings_uid(&member)?.is_some()))?,
+        "the Work's ConfigMap reaches the member"
+    );
+    drop(agent);
+
+    let refused = atoll(&hub, &["unjoin", "edge-away", "--keep-workloads"])?;
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("stays joined"), "{said}");
+    assert!(said.contains("--keep-workloads --force"), "{said}");
+    let clusters = ok(atoll(&hub, &["get", "clusters"])?)?;
+    assert!(
+        clusters.lines().any(|l| l.starts_with("edge-away")),
+        "still joined:\n{clusters}"
+    );
+    Ok(())
+}
