@@ -569,3 +569,41 @@ async fn a_vanished_work_is_swept_as_its_recorded_delete_option_says() -> Result
     }
     Ok(())
 }
+
+/// A member whose AppliedWork CRD an earlier Atoll installed (its schema without
+/// `spec.deleteOption`, so the API server would prune it) has it brought up to date by the
+/// applier, and the record keeps the Work's delete option.
+#[tokio::test]
+async fn an_older_applied_work_crd_atoll_installed_is_brought_up_to_date() -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let fleet = fleet().await?;
+    let mut older = serde_json::to_value(AppliedWork::crd())?;
+    older
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .and_then(|properties| properties.remove("deleteOption"))
+        .ok_or_else(|| anyhow::anyhow!("the CRD has no spec.deleteOption to remove"))?;
+    older["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "atoll"});
+    let crds: Api<CustomResourceDefinition> = Api::all(fleet.member.clone());
+    crds.create(&PostParams::default(), &serde_json::from_value(older)?)
+        .await?;
+
+    let _applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    let mut orphaned = work("kept", vec![configmap("k1", "default", json!({}))]);
+    orphaned.spec.delete_option = Some(orphaning("k1"));
+    create(&fleet.works, &orphaned).await?;
+    work_until(&fleet.works, "kept", "applied", |w| {
+        work_condition(w, CONDITION_APPLIED, TRUE)
+    })
+    .await?;
+    let record = Api::<AppliedWork>::all(fleet.member.clone())
+        .get("kept")
+        .await?;
+    ensure!(
+        record.spec.delete_option == Some(orphaning("k1")),
+        "the record keeps the delete option: {:?}",
+        record.spec
+    );
+    Ok(())
+}

@@ -31,9 +31,11 @@
 
 mod applier;
 pub mod diff;
+pub mod error;
 pub mod manifest;
 pub mod removal;
 pub mod status;
 
-pub use applier::{ApplierConfig, FIELD_MANAGER, WorkError, release_finalizers, run};
+pub use applier::{ApplierConfig, FIELD_MANAGER, release_finalizers, run};
+pub use error::{Step, WorkError};
 pub use removal::{Removal, RemovalError, Removed, remove_applied};

@@ -19,10 +19,8 @@ use atoll_api::work::{
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::applier::{
-    Deletion, REASON_MEMBER_ERROR, REASON_MEMBER_UNREACHABLE, WorkError, delete_exact_in, on_hub,
-    on_member,
-};
+use crate::applier::{Deletion, REASON_MEMBER_ERROR, REASON_MEMBER_UNREACHABLE, delete_exact_in};
+use crate::error::{Step, WorkError, on_hub, on_member};
 use crate::manifest;
 
 /// What [`remove_applied`] should do.
@@ -48,9 +46,9 @@ pub struct Removed {
 /// Why [`remove_applied`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemovalError {
-    /// A request failed.
+    /// A request failed (boxed: it names the step, and errors stay small).
     #[error(transparent)]
-    Request(#[from] WorkError),
+    Request(Box<WorkError>),
     /// Deletions were still in progress when the wait ended.
     #[error(
         "{} object(s) the Works applied were still being deleted after {timeout:?} (e.g. {example}); run it again to wait longer",
@@ -78,6 +76,12 @@ pub enum RemovalError {
     },
 }
 
+impl From<WorkError> for RemovalError {
+    fn from(error: WorkError) -> Self {
+        RemovalError::Request(Box::new(error))
+    }
+}
+
 /// Sets a Work's `deleteOption` to Orphan: whatever removes it leaves what it applied.
 pub async fn orphan(works: &Api<Work>, name: &str) -> Result<Work, WorkError> {
     works
@@ -89,7 +93,7 @@ pub async fn orphan(works: &Api<Work>, name: &str) -> Result<Work, WorkError> {
             })),
         )
         .await
-        .map_err(on_hub(format!("orphaning Work {name}")))
+        .map_err(on_hub(Step::OrphanWork(name.to_owned())))
 }
 
 /// Orphans every Work `works` holds (see [`orphan`]) and waits until their applier has
@@ -102,7 +106,7 @@ pub async fn orphan_all(works: &Api<Work>, timeout: Duration) -> Result<usize, R
     let listed = match works.list(&Default::default()).await {
         Ok(list) => list.items,
         Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
-        Err(e) => return Err(on_hub("listing Works")(e).into()),
+        Err(e) => return Err(on_hub(Step::ListWorks)(e).into()),
     };
     let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
     for work in &listed {
@@ -118,7 +122,7 @@ pub async fn orphan_all(works: &Api<Work>, timeout: Duration) -> Result<usize, R
             let Some(work) = works
                 .get_opt(name)
                 .await
-                .map_err(on_hub(format!("reading Work {name}")))?
+                .map_err(on_hub(Step::ReadWork(name.clone())))?
             else {
                 // Gone already: its applier saw its deletion, with the option set.
                 recorded.push(name.clone());
@@ -176,7 +180,7 @@ pub async fn applied_records(
             .filter(|r| r.spec.work_namespace == namespace)
             .collect()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
-        Err(e) => Err(on_member("listing AppliedWorks")(e)),
+        Err(e) => Err(on_member(Step::ListRecords)(e)),
     }
 }
 
@@ -263,7 +267,7 @@ pub async fn remove_applied(
                 match records.delete(record_name, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(e) => return Err(on_member("deleting an AppliedWork")(e).into()),
+                    Err(e) => return Err(on_member(Step::DeleteRecord)(e).into()),
                 }
                 done.push(record_name.clone());
             }
