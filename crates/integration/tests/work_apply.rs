@@ -607,3 +607,75 @@ async fn an_older_applied_work_crd_atoll_installed_is_brought_up_to_date() -> Re
     );
     Ok(())
 }
+
+/// What a pull-mode agent does once unjoined, its Works gone from the hub and no applier
+/// running: `remove_applied` without the Works' options follows the option each record
+/// carries, deletes the rest, and removes the records.
+#[tokio::test]
+async fn removal_without_the_works_follows_the_options_the_records_carry() -> Result<()> {
+    use atoll_api::work::{DeleteOption, DeletePropagationPolicy};
+    let fleet = fleet().await?;
+    let applier = Applier::start(fleet.works.clone(), fleet.member.clone());
+    let mut orphans = work("r-orphan", vec![configmap("r-keep", "default", json!({}))]);
+    orphans.spec.delete_option = Some(DeleteOption {
+        propagation_policy: DeletePropagationPolicy::Orphan,
+        selectively_orphans: None,
+    });
+    create(&fleet.works, &orphans).await?;
+    create(
+        &fleet.works,
+        &work("r-plain", vec![configmap("r-delete", "default", json!({}))]),
+    )
+    .await?;
+    for name in ["r-orphan", "r-plain"] {
+        work_until(&fleet.works, name, "applied", |w| {
+            work_condition(w, CONDITION_APPLIED, TRUE)
+        })
+        .await?;
+    }
+    applier.stop().await?;
+    // The hub forgets the Works (as unjoin's namespace deletion does, finalizers released).
+    atoll_work::release_finalizers(&fleet.works).await?;
+    for name in ["r-orphan", "r-plain"] {
+        fleet.works.delete(name, &DeleteParams::default()).await?;
+    }
+
+    let records = atoll_work::removal::applied_records(&fleet.member, NAMESPACE).await?;
+    ensure!(records.len() == 2, "both records are there: {records:?}");
+    let removed = atoll_work::remove_applied(
+        &fleet.member,
+        &atoll_work::Removal {
+            namespace: NAMESPACE.into(),
+            keep_all: false,
+            timeout: Duration::from_secs(60),
+        },
+        &Default::default(),
+        records,
+    )
+    .await?;
+    ensure!(
+        removed.kept.iter().collect::<Vec<_>>() == ["ConfigMap default/r-keep"],
+        "{removed:?}"
+    );
+    ensure!(
+        removed.deleted.iter().collect::<Vec<_>>() == ["ConfigMap default/r-delete"],
+        "{removed:?}"
+    );
+    ensure!(
+        member_configmap(&fleet.member, "default", "r-keep")
+            .await?
+            .is_some()
+    );
+    ensure!(
+        member_configmap(&fleet.member, "default", "r-delete")
+            .await?
+            .is_none()
+    );
+    ensure!(
+        atoll_work::removal::applied_records(&fleet.member, NAMESPACE)
+            .await?
+            .is_empty(),
+        "the records go"
+    );
+    Ok(())
+}

@@ -6,7 +6,7 @@ use atoll_api::work::{
     CONDITION_APPLIED, CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_PROGRESSING, DiffDetails,
     ManifestCondition, Work,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
@@ -18,6 +18,8 @@ use crate::status::{self, CONDITION_DIFF_REPORTED};
 use super::Ctx;
 use super::apply::ManifestResult;
 
+/// Writes the Work's status from this round's results, when it changed: each manifest's
+/// conditions, feedback and differences, and the Work's aggregated conditions.
 pub(super) async fn publish(
     work: &Work,
     ctx: &Ctx,
@@ -29,76 +31,15 @@ pub(super) async fn publish(
     let manifest_conditions: Vec<ManifestCondition> = results
         .iter()
         .map(|r| {
-            let mut list = current
+            let previous = current
                 .manifest_conditions
                 .iter()
                 .find(|m| m.identifier.ordinal == r.identifier.ordinal)
                 .map(|m| m.conditions.clone())
                 .unwrap_or_default();
-            let (status, reason, message) = &r.applied;
-            let mut wanted = vec![conditions::condition(
-                CONDITION_APPLIED,
-                status,
-                reason,
-                message.clone(),
-                generation,
-                now.clone(),
-            )];
-            match &r.health {
-                Some(h) => {
-                    wanted.push(conditions::condition(
-                        CONDITION_AVAILABLE,
-                        h.available,
-                        h.reason,
-                        h.message.clone(),
-                        generation,
-                        now.clone(),
-                    ));
-                    wanted.push(conditions::condition(
-                        CONDITION_PROGRESSING,
-                        if h.progressing { TRUE } else { FALSE },
-                        h.reason,
-                        h.message.clone(),
-                        generation,
-                        now.clone(),
-                    ));
-                    wanted.push(conditions::condition(
-                        CONDITION_DEGRADED,
-                        if h.degraded { TRUE } else { FALSE },
-                        h.reason,
-                        h.message.clone(),
-                        generation,
-                        now.clone(),
-                    ));
-                }
-                None => wanted.push(conditions::condition(
-                    CONDITION_AVAILABLE,
-                    UNKNOWN,
-                    "Unknown",
-                    "the resource's state is not known",
-                    generation,
-                    now.clone(),
-                )),
-            }
-            if r.report_diff {
-                let count = r.diff.as_ref().map(Vec::len).unwrap_or_default();
-                wanted.push(conditions::condition(
-                    CONDITION_DIFF_REPORTED,
-                    TRUE,
-                    if count == 0 { "NoDiff" } else { "DiffFound" },
-                    format!("{count} field(s) differ from the manifest"),
-                    generation,
-                    now.clone(),
-                ));
-            }
-            let types: Vec<String> = wanted.iter().map(|c| c.type_.clone()).collect();
-            list.retain(|c| types.contains(&c.type_));
-            for condition in wanted {
-                conditions::set(&mut list, condition);
-            }
             ManifestCondition {
                 identifier: r.identifier.clone(),
-                conditions: list,
+                conditions: manifest_conditions(previous, r, generation, &now),
                 status_feedback: r.feedback.clone(),
                 drift_details: None,
                 diff_details: r
@@ -128,6 +69,71 @@ pub(super) async fn publish(
         .await
         .map_err(on_hub(Step::WriteStatus))?;
     Ok(())
+}
+
+/// One manifest's conditions: Applied, then Available, Progressing and Degraded from its
+/// health (Available Unknown without), and DiffReported under ReportDiff; conditions of other
+/// types are dropped, and one unchanged keeps its transition time.
+fn manifest_conditions(
+    mut list: Vec<Condition>,
+    r: &ManifestResult,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let condition = |type_: &str, status: &str, reason: &str, message: String| {
+        conditions::condition(type_, status, reason, message, generation, now.clone())
+    };
+    let (status, reason, message) = &r.applied;
+    let mut wanted = vec![condition(
+        CONDITION_APPLIED,
+        status,
+        reason,
+        message.clone(),
+    )];
+    match &r.health {
+        Some(h) => {
+            let flag = |on: bool| if on { TRUE } else { FALSE };
+            wanted.push(condition(
+                CONDITION_AVAILABLE,
+                h.available,
+                h.reason,
+                h.message.clone(),
+            ));
+            wanted.push(condition(
+                CONDITION_PROGRESSING,
+                flag(h.progressing),
+                h.reason,
+                h.message.clone(),
+            ));
+            wanted.push(condition(
+                CONDITION_DEGRADED,
+                flag(h.degraded),
+                h.reason,
+                h.message.clone(),
+            ));
+        }
+        None => wanted.push(condition(
+            CONDITION_AVAILABLE,
+            UNKNOWN,
+            "Unknown",
+            "the resource's state is not known".to_owned(),
+        )),
+    }
+    if r.report_diff {
+        let count = r.diff.as_ref().map(Vec::len).unwrap_or_default();
+        wanted.push(condition(
+            CONDITION_DIFF_REPORTED,
+            TRUE,
+            if count == 0 { "NoDiff" } else { "DiffFound" },
+            format!("{count} field(s) differ from the manifest"),
+        ));
+    }
+    let types: Vec<String> = wanted.iter().map(|c| c.type_.clone()).collect();
+    list.retain(|c| types.contains(&c.type_));
+    for condition in wanted {
+        conditions::set(&mut list, condition);
+    }
+    list
 }
 
 /// Sets the Work's Applied and Available conditions to a failure of the whole Work (the member
