@@ -74,6 +74,8 @@ const SETTINGS_V1: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: s
 const SETTINGS_V2: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: default\n  labels: {app: demo}\ndata:\n  a: \"10\"\n  c: \"3\"\n";
 const ROBOT_V1: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: robot\n  namespace: default\nsecrets:\n- name: one\n- name: two\nimagePullSecrets:\n- name: pull\n";
 const ROBOT_V2: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: robot\n  namespace: default\nsecrets:\n- name: two\n- name: three\nimagePullSecrets:\n- name: pull\n";
+const LEASE_V1: &str = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: holder\n  namespace: default\n  finalizers: [example.com/a, example.com/b]\nspec:\n  holderIdentity: one\n";
+const LEASE_V2: &str = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: holder\n  namespace: default\n  finalizers: [example.com/b]\nspec:\n  holderIdentity: two\n";
 const READER: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\n  namespace: default\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list]\n";
 const READER_V2: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\n  namespace: default\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps, secrets]\n  verbs: [get]\n";
 
@@ -110,6 +112,7 @@ fn steps() -> Vec<Step> {
     const CM: (&str, &str) = ("configmap", "settings");
     const SA: (&str, &str) = ("serviceaccount", "robot");
     const ROLE: (&str, &str) = ("role", "reader");
+    const LEASE: (&str, &str) = ("lease", "holder");
     vec![
         ("apply create", args("apply -f -"), Some(SETTINGS_V1), CM),
         ("apply configure", args("apply -f -"), Some(SETTINGS_V2), CM),
@@ -271,6 +274,39 @@ fn steps() -> Vec<Step> {
             ),
             None,
             SA,
+        ),
+        (
+            "patch delete on a map",
+            strategic(
+                "configmap",
+                "settings",
+                json!({"metadata": {"annotations": {"$patch": "delete"}}}),
+            ),
+            None,
+            CM,
+        ),
+        ("apply lease", args("apply -f -"), Some(LEASE_V1), LEASE),
+        (
+            "apply lease again",
+            args("apply -f -"),
+            Some(LEASE_V2),
+            LEASE,
+        ),
+        (
+            "lease finalizer appends",
+            strategic(
+                "lease",
+                "holder",
+                json!({"metadata": {"finalizers": ["example.com/c"]}, "spec": {"leaseDurationSeconds": 30}}),
+            ),
+            None,
+            LEASE,
+        ),
+        (
+            "lease finalizers cleared",
+            strategic("lease", "holder", json!({"metadata": {"finalizers": null}})),
+            None,
+            LEASE,
         ),
         ("apply role", args("apply -f -"), Some(READER), ROLE),
         (

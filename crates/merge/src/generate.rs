@@ -125,9 +125,21 @@ fn convert_def(name: &str, def: &Value) -> Def {
             )
         })
         .collect();
+    let required = def
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     Def::Struct(StructDef {
         go_name: name.rsplit('.').next().unwrap_or(name).to_string(),
         fields,
+        required,
         map_type: text(def, "x-kubernetes-map-type"),
     })
 }

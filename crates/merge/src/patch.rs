@@ -40,9 +40,10 @@ pub fn apply(original: &Value, patch: &Value, root: Node<'_>) -> Result<Value, E
     apply_with_limits(original, patch, root, Limits::default())
 }
 
-/// Applies `patch` to `original` within `limits`. Directives left in the result (inside a map
-/// that `$patch: replace` put in whole) are dropped where the type declares no such field, as
-/// upstream's conversion back to the typed object drops them.
+/// Applies `patch` to `original` within `limits`. The result then goes through what upstream's
+/// conversion back to the typed object does to it, as far as the schema tells: directives left
+/// in it (inside a map that `$patch: replace` put in whole) are dropped where the type declares
+/// no such field, and empty optional maps and lists are dropped (`omitempty`).
 pub fn apply_with_limits(
     original: &Value,
     patch: &Value,
@@ -763,7 +764,8 @@ fn merge_key_equal(left: &Value, right: &Value, merge_key: &str) -> Result<bool,
 }
 
 /// Drops `$`-keys that the type does not declare, as the conversion back to the typed object
-/// drops unknown keys (directives inside a map that `$patch: replace` put in whole).
+/// drops unknown keys (directives inside a map that `$patch: replace` put in whole), and empty
+/// optional maps and lists, as the typed object's `omitempty` does.
 fn strip_directives(
     value: &mut Value,
     node: Node<'_>,
@@ -778,7 +780,9 @@ fn strip_directives(
             if matches!(node, Node::Untyped | Node::Scalar) {
                 return Ok(());
             }
-            map.retain(|key, _| !key.starts_with('$') || node.declares(key));
+            map.retain(|key, value| {
+                (!key.starts_with('$') || node.declares(key)) && !node.omits_empty(key, value)
+            });
             for (key, child) in map.iter_mut() {
                 let sub = match (node, &*child) {
                     (Node::Map(..), _) => node.map_values().unwrap_or(Node::Untyped),

@@ -6,12 +6,13 @@
 //! - a type: `"scalar"`, `"untyped"`, `{"ref": "<definition>"}`,
 //!   `{"list": <type>, "listType"?: "atomic|set|map", "listMapKeys"?: [..]}` or
 //!   `{"map": <type>, "mapType"?: "atomic|granular"}`;
-//! - a definition: `{"struct": "<Go name>", "fields": {<json name>: <field>}, "mapType"?}`,
+//! - a definition: `{"struct": "<Go name>", "fields": {<json name>: <field>}, "required"?: [..],
+//!   "mapType"?}`,
 //!   or a type;
 //! - a field: `{"type": <type>, "patchStrategy"?: "merge,retainKeys", "patchMergeKey"?: ".."}`;
 //! - `kinds`: `"<apiVersion>/<Kind>"` to the root definition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
 use serde_json::{Map, Value, json};
@@ -56,6 +57,8 @@ pub struct StructDef {
     /// The Go type's name (upstream's errors name it).
     pub go_name: String,
     pub fields: BTreeMap<String, Field>,
+    /// The fields the spec marks required (Go fields without `omitempty`, mostly).
+    pub required: BTreeSet<String>,
     /// `x-kubernetes-map-type` on the struct.
     pub map_type: Option<String>,
 }
@@ -154,9 +157,18 @@ impl Schema {
                             },
                         );
                     }
+                    let required = match def.get("required") {
+                        None => BTreeSet::new(),
+                        Some(Value::Array(names)) => names
+                            .iter()
+                            .map(|n| str_of(Some(n), name).map(str::to_string))
+                            .collect::<Result<_, _>>()?,
+                        Some(_) => return Err(TableError(name.clone())),
+                    };
                     Def::Struct(StructDef {
                         go_name: str_of(Some(go_name), name)?.to_string(),
                         fields,
+                        required,
                         map_type: opt_str(def.get("mapType"), name)?,
                     })
                 }
@@ -193,6 +205,9 @@ impl Schema {
                     let mut out = Map::new();
                     out.insert("struct".into(), json!(s.go_name));
                     out.insert("fields".into(), Value::Object(fields));
+                    if !s.required.is_empty() {
+                        out.insert("required".into(), json!(s.required));
+                    }
                     if let Some(map_type) = &s.map_type {
                         out.insert("mapType".into(), json!(map_type));
                     }
@@ -256,6 +271,26 @@ impl<'a> Node<'a> {
             Node::Map(..) => "map",
             Node::Scalar => "string",
             Node::Untyped => "interface",
+        }
+    }
+
+    /// Whether an empty map or list at `key` is dropped by the typed round trip: an optional
+    /// field (not required) whose type is a map or a list (Go's `omitempty` on a map or slice;
+    /// an empty struct behind a pointer is kept).
+    pub fn omits_empty(self, key: &str, value: &Value) -> bool {
+        let Node::Struct(_, def) = self else {
+            return false;
+        };
+        let Some(field) = def.fields.get(key) else {
+            return false;
+        };
+        if def.required.contains(key) {
+            return false;
+        }
+        match (&field.ty, value) {
+            (Ty::Map(_), Value::Object(map)) => map.is_empty(),
+            (Ty::List(_), Value::Array(items)) => items.is_empty(),
+            _ => false,
         }
     }
 
