@@ -76,6 +76,8 @@ const ROBOT_V1: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name:
 const ROBOT_V2: &str = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: robot\n  namespace: default\nsecrets:\n- name: two\n- name: three\nimagePullSecrets:\n- name: pull\n";
 const LEASE_V1: &str = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: holder\n  namespace: default\n  finalizers: [example.com/a, example.com/b]\nspec:\n  holderIdentity: one\n";
 const LEASE_V2: &str = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: holder\n  namespace: default\n  finalizers: [example.com/b]\nspec:\n  holderIdentity: two\n";
+const TEAM: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  labels: {owner: a, stage: dev}\n";
 const READER: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\n  namespace: default\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list]\n";
 const READER_V2: &str = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: reader\n  namespace: default\nrules:\n- apiGroups: [\"\"]\n  resources: [configmaps, secrets]\n  verbs: [get]\n";
 
@@ -104,6 +106,14 @@ fn strategic(kind: &str, name: &str, patch: Value) -> Vec<String> {
     .collect()
 }
 
+fn strategic_cluster(kind: &str, name: &str, patch: Value) -> Vec<String> {
+    ["patch", kind, name, "--type", "strategic", "-p"]
+        .into_iter()
+        .map(str::to_string)
+        .chain([patch.to_string()])
+        .collect()
+}
+
 fn args(text: &str) -> Vec<String> {
     text.split(' ').map(str::to_string).collect()
 }
@@ -113,6 +123,7 @@ fn steps() -> Vec<Step> {
     const SA: (&str, &str) = ("serviceaccount", "robot");
     const ROLE: (&str, &str) = ("role", "reader");
     const LEASE: (&str, &str) = ("lease", "holder");
+    const NS: (&str, &str) = ("namespace", "team");
     vec![
         ("apply create", args("apply -f -"), Some(SETTINGS_V1), CM),
         ("apply configure", args("apply -f -"), Some(SETTINGS_V2), CM),
@@ -307,6 +318,37 @@ fn steps() -> Vec<Step> {
             strategic("lease", "holder", json!({"metadata": {"finalizers": null}})),
             None,
             LEASE,
+        ),
+        ("apply namespace", args("apply -f -"), Some(TEAM), NS),
+        (
+            "namespace finalizer appends",
+            strategic_cluster(
+                "namespace",
+                "team",
+                json!({"metadata": {"finalizers": ["example.com/ns"]}, "spec": {"finalizers": ["kubernetes", "example.com/spec"]}}),
+            ),
+            None,
+            NS,
+        ),
+        (
+            "namespace labels replaced",
+            strategic_cluster(
+                "namespace",
+                "team",
+                json!({"metadata": {"labels": {"$patch": "replace", "owner": "b"}}}),
+            ),
+            None,
+            NS,
+        ),
+        (
+            "namespace finalizers cleared",
+            strategic_cluster(
+                "namespace",
+                "team",
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["example.com/ns"]}}),
+            ),
+            None,
+            NS,
         ),
         ("apply role", args("apply -f -"), Some(READER), ROLE),
         (
