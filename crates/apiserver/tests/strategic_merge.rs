@@ -5,7 +5,8 @@
 //!   and bad directives get the same answers;
 //! - at the engine, on kinds the hub does not serve yet (Deployment, Pod, from real-world
 //!   manifests): each patch applied by `atoll-merge` with the generated table, then defaulted
-//!   by 1.20 (a dry-run update), equals what 1.20's own strategic merge patch stores.
+//!   by 1.20 (a dry-run update), equals what 1.20's own strategic merge patch stores; and
+//!   random sequences mixing every directive (refusals included) from fixed seeds.
 
 mod common;
 
@@ -584,6 +585,127 @@ fn long_list_patches() -> Vec<Value> {
     ]
 }
 
+/// A small deterministic generator (no seed from the environment: a failure replays).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+
+    fn subset(&mut self, pool: &[&'static str]) -> Vec<&'static str> {
+        let mut picked: Vec<&'static str> = pool
+            .iter()
+            .copied()
+            .filter(|_| self.below(2) == 0)
+            .collect();
+        // A random order, by swaps.
+        for i in (1..picked.len()).rev() {
+            let j = self.below(i + 1);
+            picked.swap(i, j);
+        }
+        picked
+    }
+}
+
+/// Random strategic merge patches over env, ports, volumes, finalizers and labels, mixing
+/// every directive (some contradict each other or the object: both servers must refuse
+/// those alike).
+fn random_patches(seed: u64, count: usize) -> Vec<Value> {
+    const ENV: &[&str] = &["A", "B", "C", "D", "E", "F", "G", "H"];
+    const FINALIZERS: &[&str] = &[
+        "example.com/a",
+        "example.com/b",
+        "example.com/c",
+        "example.com/d",
+        "example.com/e",
+    ];
+    const VOLUMES: &[&str] = &["v1", "v2", "v3", "v4"];
+    let mut rng = Lcg(seed);
+    let mut patches = Vec::new();
+    for _ in 0..count {
+        let patch = match rng.below(9) {
+            0 => {
+                let env: Vec<Value> = rng
+                    .subset(ENV)
+                    .into_iter()
+                    .map(|n| json!({"name": n, "value": format!("{}", rng.below(100))}))
+                    .collect();
+                containers(json!([{"name": "nginx", "env": env}]))
+            }
+            1 => {
+                let env: Vec<Value> = rng
+                    .subset(ENV)
+                    .into_iter()
+                    .map(|n| json!({"name": n, "$patch": "delete"}))
+                    .collect();
+                containers(json!([{"name": "nginx", "env": env}]))
+            }
+            2 => {
+                let order: Vec<Value> = rng
+                    .subset(ENV)
+                    .into_iter()
+                    .map(|n| json!({"name": n}))
+                    .collect();
+                let env: Vec<Value> = rng
+                    .subset(ENV)
+                    .into_iter()
+                    .take(2)
+                    .map(|n| json!({"name": n, "value": "set"}))
+                    .collect();
+                containers(json!([{"name": "nginx", "$setElementOrder/env": order, "env": env}]))
+            }
+            3 => {
+                let ports: Vec<Value> = (0..rng.below(4))
+                    .map(|_| json!({"containerPort": 8000 + rng.below(6), "protocol": "TCP"}))
+                    .collect();
+                containers(json!([{"name": "nginx", "ports": ports}]))
+            }
+            4 => json!({"metadata": {"finalizers": rng.subset(FINALIZERS)}}),
+            5 => json!({"metadata": {
+                "$deleteFromPrimitiveList/finalizers": rng.subset(FINALIZERS),
+                "$setElementOrder/finalizers": rng.subset(FINALIZERS),
+            }}),
+            6 => {
+                let volumes: Vec<Value> = rng.subset(VOLUMES).into_iter().map(|n| match rng.below(3) {
+                    0 => json!({"name": n, "$patch": "delete"}),
+                    1 => json!({"name": n, "$retainKeys": ["name", "configMap"], "configMap": {"name": format!("cfg-{n}")}}),
+                    _ => json!({"name": n, "emptyDir": {}}),
+                }).collect();
+                json!({"spec": {"template": {"spec": {"volumes": volumes}}}})
+            }
+            7 => {
+                let mut labels = serde_json::Map::new();
+                for key in rng.subset(&["x", "y", "z"]) {
+                    labels.insert(
+                        key.into(),
+                        if rng.below(2) == 0 {
+                            Value::Null
+                        } else {
+                            json!("v")
+                        },
+                    );
+                }
+                json!({"metadata": {"labels": labels}})
+            }
+            _ => {
+                let order: Vec<Value> = rng
+                    .subset(&["nginx", "sidecar"])
+                    .into_iter()
+                    .map(|n| json!({"name": n}))
+                    .collect();
+                json!({"spec": {"template": {"spec": {"$setElementOrder/containers": order}}}})
+            }
+        };
+        patches.push(patch);
+    }
+    patches
+}
+
 fn pod_patches() -> Vec<Value> {
     vec![
         json!({"spec": {"containers": [{"name": "sentinel", "image": "gcr.io/kubernetes-e2e-test-images/redis:1.1"}]}}),
@@ -621,6 +743,21 @@ async fn the_engine_patches_deployments_and_pods_as_kube_apiserver_does() -> any
         compare_patches(&deployments, "nginx", "apps/v1", "Deployment", &patches).await?;
     // All but the four refusals in `deployment_patches` apply.
     assert_eq!(compared, patches.len() - 4);
+
+    // Random sequences, compared step by step (refusals included).
+    for seed in [20_201_202, 7, 1_234_567] {
+        let name = format!("random-{seed}");
+        let mut random = deployment.clone();
+        random.metadata.name = Some(name.clone());
+        deployments.create(&PostParams::default(), &random).await?;
+        let patches = random_patches(seed, 80);
+        let applied =
+            compare_patches(&deployments, &name, "apps/v1", "Deployment", &patches).await?;
+        assert!(
+            applied > patches.len() / 2,
+            "only {applied} of the random patches applied"
+        );
+    }
 
     let pods: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
