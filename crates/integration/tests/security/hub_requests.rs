@@ -1282,6 +1282,44 @@ async fn hostile_strategic_merge_patches_get_status_errors_and_store_nothing() -
         );
     }
 
+    // A patch on which upstream's Go code panics (a null first element of a list that
+    // `$setElementOrder` creates, on a Lease without finalizers) is answered with the panic
+    // Status.
+    created(
+        as_tenant(
+            &hub,
+            Method::POST,
+            &leases,
+            Some((
+                "application/json",
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "plain"}, "spec": {"holderIdentity": "agent"}})
+                .to_string()
+                .into_bytes(),
+            )),
+        )
+        .await?,
+        "a Lease without finalizers",
+    )
+    .await?;
+    let panics = as_tenant(
+        &hub,
+        Method::PATCH,
+        &format!("{leases}/plain"),
+        smp(
+            json!({"metadata": {"$setElementOrder/finalizers": [null], "finalizers": [null]}})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await?;
+    ensure!(
+        panics.code == 500 && panics.message() == atoll_apiserver::server::PANIC_MESSAGE,
+        "a null first element: {} {}",
+        panics.code,
+        panics.body
+    );
+
     // Nothing was stored, and the server still serves the tenant.
     let after = as_tenant(&hub, Method::GET, &path, None).await?;
     ensure!(
