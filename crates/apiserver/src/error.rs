@@ -345,6 +345,12 @@ impl ApiError {
         if let Some(d) = &self.details {
             status["details"] = d.clone();
         }
+        // An error without a reason (upstream's StatusReasonUnknown) has none in its Status.
+        if self.reason.is_empty()
+            && let Some(fields) = status.as_object_mut()
+        {
+            fields.remove("reason");
+        }
         status
     }
 }

@@ -113,6 +113,16 @@ pub fn patch(data: &[u8]) -> Result<Verdict, Broken> {
         Ok(patched) => serde_json::to_vec(&patched)
             .map(|_| Verdict::Accepted)
             .map_err(|e| Broken(format!("a patched object does not encode: {e}"))),
+        // kube-apiserver's own answers to strategic merge patches it cannot apply: a 500 with
+        // no reason (its plain errors), or its panic Status where its Go code panics. Both are
+        // typed engine errors, not failures of the server.
+        Err(e)
+            if content_type == TYPES[2]
+                && e.code == 500
+                && (e.reason.is_empty() || e.message == crate::server::PANIC_MESSAGE) =>
+        {
+            Ok(Verdict::Refused)
+        }
         Err(e) => refused("a patch", &e),
     }
 }

@@ -25,6 +25,7 @@ use crate::{discovery, openapi, rbac, schema, table};
 
 /// Hooks for the fuzz targets; see [`crate::fuzzing`].
 pub(crate) mod fuzzing;
+mod strategic;
 
 /// The largest request body accepted, as kube-apiserver's limit.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -459,7 +460,9 @@ fn patch_type(headers: &HeaderMap, def: &ResourceDef) -> Result<PatchType, ApiEr
     match media {
         "application/json-patch+json" => Ok(PatchType::Json),
         "application/merge-patch+json" => Ok(PatchType::Merge),
-        "application/strategic-merge-patch+json" if !def.custom => Ok(PatchType::Strategic),
+        "application/strategic-merge-patch+json" if strategic::root(def).is_some() => {
+            Ok(PatchType::Strategic)
+        }
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchType::Apply),
         "application/strategic-merge-patch+json" => {
             Err(ApiError::unsupported_media_type(CUSTOM_PATCH_TYPES))
@@ -470,26 +473,6 @@ fn patch_type(headers: &HeaderMap, def: &ResourceDef) -> Result<PatchType, ApiEr
             message: "415: Unsupported Media Type".into(),
             details: None,
         }),
-    }
-}
-
-/// Drops strategic-merge-patch directives (`$patch`, `$setElementOrder/...`,
-/// `$retainKeys`, `$deleteFromPrimitiveList/...`). The built-in kinds served here have no list
-/// with a merge key that clients patch, so the rest of a strategic merge patch is a merge patch.
-fn strip_directives(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            map.retain(|k, _| !k.starts_with('$'));
-            for child in map.values_mut() {
-                strip_directives(child);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                strip_directives(item);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -564,7 +547,12 @@ fn apply_json_patch(doc: &mut Value, patch: &json_patch::Patch) -> Result<(), Ap
     Ok(())
 }
 
-fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+fn apply_patch(
+    current: &Value,
+    kind: PatchType,
+    body: &[u8],
+    def: &ResourceDef,
+) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     match kind {
         PatchType::Json => {
@@ -580,9 +568,8 @@ fn apply_patch(current: &Value, kind: PatchType, body: &[u8]) -> Result<Value, A
             json_patch::merge(&mut doc, &patch);
         }
         PatchType::Strategic => {
-            let mut patch = parse_json(body)?;
-            strip_directives(&mut patch);
-            json_patch::merge(&mut doc, &patch);
+            let patch = parse_json(body)?;
+            doc = strategic::apply(current, &patch, def)?;
         }
     }
     Ok(doc)
@@ -835,7 +822,7 @@ async fn resource(
             let mut warnings = Vec::new();
             let result = storage
                 .update_with(&def, ns, &name, r.subresource.as_deref(), dry, |current| {
-                    let mut patched = apply_patch(current, kind, &body)?;
+                    let mut patched = apply_patch(current, kind, &body, &def)?;
                     if !precondition {
                         // The current object's resourceVersion is no precondition of the
                         // client's: a patch that lost a race is applied again to the new

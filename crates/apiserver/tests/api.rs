@@ -117,7 +117,7 @@ async fn configmaps_follow_kube_apiserver_semantics() -> anyhow::Result<()> {
         (404, r#"namespaces "nowhere" not found"#)
     );
 
-    // Patches: merge, JSON, and strategic merge (read as merge for built-in kinds).
+    // Patches: merge, JSON, and strategic merge.
     api.patch(
         "one",
         &PatchParams::default(),

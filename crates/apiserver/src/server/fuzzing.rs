@@ -55,7 +55,7 @@ pub(crate) fn patch(current: &Value, content_type: &str, body: &[u8]) -> Result<
     }
     let kind = patch_type(&headers, def)?;
     let precondition = patch_sets_resource_version(kind, body);
-    let mut patched = apply_patch(current, kind, body)?;
+    let mut patched = apply_patch(current, kind, body, def)?;
     if !precondition {
         crate::storage::meta_mut(&mut patched).remove("resourceVersion");
     }

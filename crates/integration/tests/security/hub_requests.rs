@@ -1170,3 +1170,165 @@ async fn a_csr_records_the_requesters_uid_and_extra_not_the_bodys() -> Result<()
     hub.hub.shutdown().await;
     Ok(())
 }
+
+/// Strategic merge patches built to hurt, from a tenant on its own Lease: nesting far past
+/// any parser's depth, a list merge whose quadratic work would spin for minutes (250 000
+/// finalizers, each compared with every other), a body over 3 MiB, directives and lists
+/// that upstream refuses. Each gets a Status error, nothing is stored, and the server goes on;
+/// a finalizer added by a strategic merge patch is appended, as upstream appends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_strategic_merge_patches_get_status_errors_and_store_nothing() -> Result<()> {
+    let hub = start_hub(atoll_apiserver::tokens::DEFAULT_MAX_EXPIRATION).await?;
+    tenant_with_namespace_role(&hub).await?;
+    let leases = format!("/apis/coordination.k8s.io/v1/namespaces/{TENANT_NS}/leases");
+    created(
+        as_tenant(
+            &hub,
+            Method::POST,
+            &leases,
+            Some((
+                "application/json",
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "target", "finalizers": ["example.com/keep"]},
+                    "spec": {"holderIdentity": "agent"}})
+                .to_string()
+                .into_bytes(),
+            )),
+        )
+        .await?,
+        "the tenant's Lease",
+    )
+    .await?;
+    let path = format!("{leases}/target");
+    let smp = |body: Vec<u8>| Some(("application/strategic-merge-patch+json", body));
+
+    let appended = as_tenant(
+        &hub,
+        Method::PATCH,
+        &path,
+        smp(json!({"metadata": {"finalizers": ["example.com/more"]}})
+            .to_string()
+            .into_bytes()),
+    )
+    .await?;
+    ensure!(
+        appended.code == 200
+            && appended.body["metadata"]["finalizers"]
+                == json!(["example.com/more", "example.com/keep"]),
+        "a finalizer by strategic merge patch: {} {}",
+        appended.code,
+        appended.body
+    );
+    let before = appended.body;
+
+    let depth = 100_000;
+    let deep = format!(
+        "{{\"metadata\":{{\"annotations\":{}1{}}}}}",
+        "{\"a\":".repeat(depth),
+        "}".repeat(depth)
+    );
+    let finalizers: Vec<String> = (0..250_000).map(|i| format!("f{i}")).collect();
+    let quadratic = json!({"metadata": {"finalizers": finalizers}}).to_string();
+    let oversized =
+        json!({"metadata": {"annotations": {"big": "x".repeat(3 * 1024 * 1024)}}}).to_string();
+    let attacks: [(&str, Vec<u8>, u16, &str); 6] = [
+        ("deeply nested", deep.into_bytes(), 400, ""),
+        (
+            "quadratic list merge",
+            quadratic.into_bytes(),
+            413,
+            "Request entity too large",
+        ),
+        (
+            "over 3 MiB",
+            oversized.into_bytes(),
+            413,
+            "Request entity too large",
+        ),
+        (
+            "an order list that the patch contradicts",
+            json!({"metadata": {"$setElementOrder/finalizers": ["zzz"], "finalizers": ["example.com/new"]}})
+                .to_string()
+                .into_bytes(),
+            500,
+            "The order in patch list:",
+        ),
+        (
+            "a null among strings",
+            json!({"metadata": {"finalizers": [null]}})
+                .to_string()
+                .into_bytes(),
+            500,
+            "list element types are not identical: [[example.com/more example.com/keep] [<nil>]]",
+        ),
+        (
+            "a bad primitive list directive",
+            json!({"metadata": {"$deleteFromPrimitiveListfinalizers": ["x"]}})
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid patch format of primitive list",
+        ),
+    ];
+    for (what, body, code, message) in attacks {
+        let answer = as_tenant(&hub, Method::PATCH, &path, smp(body)).await?;
+        ensure!(
+            answer.code == code
+                && answer.body["kind"] == "Status"
+                && answer.message().starts_with(message),
+            "{what}: {} {}",
+            answer.code,
+            answer.body
+        );
+    }
+
+    // A patch on which upstream's Go code panics (a null first element of a list that
+    // `$setElementOrder` creates, on a Lease without finalizers) is answered with the panic
+    // Status.
+    created(
+        as_tenant(
+            &hub,
+            Method::POST,
+            &leases,
+            Some((
+                "application/json",
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": "plain"}, "spec": {"holderIdentity": "agent"}})
+                .to_string()
+                .into_bytes(),
+            )),
+        )
+        .await?,
+        "a Lease without finalizers",
+    )
+    .await?;
+    let panics = as_tenant(
+        &hub,
+        Method::PATCH,
+        &format!("{leases}/plain"),
+        smp(
+            json!({"metadata": {"$setElementOrder/finalizers": [null], "finalizers": [null]}})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await?;
+    ensure!(
+        panics.code == 500 && panics.message() == atoll_apiserver::server::PANIC_MESSAGE,
+        "a null first element: {} {}",
+        panics.code,
+        panics.body
+    );
+
+    // Nothing was stored, and the server still serves the tenant.
+    let after = as_tenant(&hub, Method::GET, &path, None).await?;
+    ensure!(
+        after.code == 200
+            && after.body["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            && after.body["metadata"]["finalizers"] == before["metadata"]["finalizers"],
+        "after the attacks: {} {}",
+        after.code,
+        after.body
+    );
+    Ok(())
+}
